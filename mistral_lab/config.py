@@ -1,0 +1,98 @@
+"""Model configuration: one frozen dataclass, named as in Mistral's params.json.
+
+`ModelArgs` is the only thing that differs between the 7B of the paper and the
+small model shipped in assets/: the code path is the same.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    dim: int  # width of the residual stream
+    n_layers: int
+    head_dim: int  # per head; dim need not equal n_heads * head_dim (Mistral's convention)
+    hidden_dim: int  # SwiGLU inner width
+    n_heads: int  # query heads
+    n_kv_heads: int  # key/value heads, shared by n_heads // n_kv_heads query heads (GQA)
+    vocab_size: int
+    # W: a query at position p sees keys at positions (p - W, p], i.e. W keys including
+    # itself (see masks.visible). None means full causal attention (Mistral v0.2/v0.3).
+    sliding_window: int | None
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    # Context length the model was trained for (Table 1: 8192). Informational: with the
+    # rolling buffer nothing in the code stops at it, and RoPE needs no table.
+    max_seq_len: int = 8192
+
+    def __post_init__(self):
+        for name in ("dim", "n_layers", "head_dim", "hidden_dim", "n_heads", "n_kv_heads", "vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"ModelArgs.{name} must be a positive integer, got {value!r}")
+        if self.sliding_window is not None and (not isinstance(self.sliding_window, int) or self.sliding_window <= 0):
+            raise ValueError(
+                f"ModelArgs.sliding_window must be a positive integer (keys per query, self included) "
+                f"or None for full attention, got {self.sliding_window!r}"
+            )
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"ModelArgs.n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads}): "
+                f"each key/value head serves a whole group of query heads"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"ModelArgs.head_dim must be even for RoPE (pairs of dimensions), got {self.head_dim}")
+
+    @property
+    def n_rep(self) -> int:
+        """Query heads per key/value head."""
+        return self.n_heads // self.n_kv_heads
+
+    def n_params(self) -> int:
+        attn = self.dim * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads)
+        ffn = 3 * self.dim * self.hidden_dim
+        per_layer = attn + ffn + 2 * self.dim
+        return self.n_layers * per_layer + 2 * self.vocab_size * self.dim + self.dim
+
+    def kv_bytes_per_token(self, bytes_per_element: int = 2) -> int:
+        """Cache bytes one token costs across all layers (K and V)."""
+        return 2 * self.n_layers * self.n_kv_heads * self.head_dim * bytes_per_element
+
+    def replace(self, **changes) -> "ModelArgs":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelArgs":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+PRESETS: dict[str, ModelArgs] = {
+    # The paper's Table 1.
+    "mistral-7b-v0.1": ModelArgs(
+        dim=4096, n_layers=32, head_dim=128, hidden_dim=14336, n_heads=32, n_kv_heads=8,
+        vocab_size=32000, sliding_window=4096, norm_eps=1e-5, rope_theta=10000.0, max_seq_len=8192,
+    ),
+    # A few-hundred-thousand-parameter model with the same structure, for tests and demos.
+    "tiny": ModelArgs(
+        dim=64, n_layers=3, head_dim=16, hidden_dim=160, n_heads=4, n_kv_heads=2,
+        vocab_size=512, sliding_window=8, max_seq_len=256,
+    ),
+}
+
+
+def preset(name: str) -> ModelArgs:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}") from None

@@ -1,0 +1,52 @@
+"""THE sliding-window definition. Every mask in the project is built from `visible`.
+
+Convention (the one Hugging Face, xformers and a W-slot rolling buffer use): a query
+at position p sees the keys at positions (p - W, p] -- W keys, itself included.
+
+The paper's prose ("attends to hidden states between i - W and i") and the pre-fill
+mask of Mistral's first reference code read as [p - W, p]: W + 1 keys. Both agree on
+the idea; they differ by one key. With W keys per layer, information moves back at most
+W - 1 positions per layer, so after k layers a token sees k * (W - 1) positions back
+(the paper's "k x W" counts with W + 1 keys).
+
+Worked example, W = 3, query at position 5: keys 3, 4, 5 are visible; 2 is not (too
+old), 6 is not (the future).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def visible(q_pos, kv_pos, window: int | None):
+    """True where a query at `q_pos` may attend to a key at `kv_pos`.
+
+    Works on Python ints and on broadcastable integer tensors. Negative key positions
+    mark empty cache slots and are never visible. The three conditions are composed
+    with AND: any OR here would let future tokens through.
+    """
+    causal = kv_pos <= q_pos
+    filled = kv_pos >= 0
+    if window is None:
+        return causal & filled
+    return causal & filled & (kv_pos > q_pos - window)
+
+
+def window_mask(n: int, window: int | None, device=None) -> torch.Tensor:
+    """(n, n) boolean mask for a sequence at positions 0..n-1: row = query, column = key."""
+    pos = torch.arange(n, device=device)
+    return visible(pos[:, None], pos[None, :], window)
+
+
+def mask_for(q_pos: torch.Tensor, kv_pos: torch.Tensor, window: int | None) -> torch.Tensor:
+    """(Tq, Tk) boolean mask for explicit query and key positions (e.g. cache slots)."""
+    return visible(q_pos[:, None], kv_pos[None, :], window)
+
+
+def paper_window_mask(n: int, window: int, device=None) -> torch.Tensor:
+    """The W + 1 reading ([p - W, p]), only to show the difference side by side."""
+    return window_mask(n, window + 1, device)
+
+
+def receptive_field(n_layers: int, window: int) -> int:
+    """How many positions back the last layer's output can depend on: n_layers * (W - 1)."""
+    return n_layers * (window - 1)

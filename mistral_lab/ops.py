@@ -1,0 +1,80 @@
+"""Reference operations: stateless, pure PyTorch, readable. The kernels match these.
+
+Shapes: B batch, T sequence (queries), S keys, H query heads, K key/value heads,
+G = H // K query heads per key/value head, D head_dim.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .masks import mask_for
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / rms(x) * weight, computed in fp32 (a bf16 mean of squares loses too much)."""
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x) * weight
+
+
+def rope_angles(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotation angles, each (T, D/2), for any absolute positions.
+
+    Computed from the positions on every call rather than looked up in a table, so a
+    rolling-buffer generation can run past any precomputed length.
+    """
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim))
+    angles = positions.float()[:, None] * inv_freq[None, :]  # (T, D/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (x[2i], x[2i+1]) by the angles: Mistral/Meta's layout.
+
+    x: (B, T, heads, D); cos, sin: (T, D/2). Equivalent to multiplying the complex
+    number x[2i] + j*x[2i+1] by exp(j*angle_i).
+    """
+    B, T, nh, D = x.shape
+    pairs = x.float().view(B, T, nh, D // 2, 2)
+    x0, x1 = pairs[..., 0], pairs[..., 1]  # (B, T, nh, D/2)
+    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    out = torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1)  # (B, T, nh, D/2, 2)
+    return out.view(B, T, nh, D).type_as(x)
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_pos: torch.Tensor,
+    kv_pos: torch.Tensor,
+    window: int | None,
+) -> torch.Tensor:
+    """Grouped-query sliding-window attention by absolute positions.
+
+    q: (B, T, H, D); k, v: (B, S, K, D) in any slot order; q_pos: (T,); kv_pos: (S,),
+    negative for an empty slot. Returns (B, T, H, D).
+
+    GQA without repeating K/V: the G query heads of a group are folded into the row
+    dimension of one matmul against their shared key head.
+    Every query must see at least one key (its own, in this project's call sites):
+    a row with no visible key would be a softmax over nothing (NaN).
+    """
+    B, T, H, D = q.shape
+    S, K = k.shape[1], k.shape[2]
+    G = H // K
+    qg = q.view(B, T, K, G, D).permute(0, 2, 3, 1, 4).reshape(B, K, G * T, D)  # (B, K, G*T, D)
+    kt = k.permute(0, 2, 3, 1)  # (B, K, D, S)
+    scores = (qg @ kt).view(B, K, G, T, S) * (1.0 / math.sqrt(D))  # (B, K, G, T, S)
+    mask = mask_for(q_pos, kv_pos, window)  # (T, S)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype).view(B, K, G * T, S)
+    out = probs @ v.permute(0, 2, 1, 3)  # (B, K, G*T, D)
+    return out.view(B, K, G, T, D).permute(0, 3, 1, 2, 4).reshape(B, T, H, D)
+
+
+def swiglu(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor) -> torch.Tensor:
+    """W2 (silu(W1 x) * W3 x): the gated feed-forward of Llama and Mistral."""
+    return F.linear(F.silu(F.linear(x, w1)) * F.linear(x, w3), w2)
