@@ -11,7 +11,7 @@ from .config import PRESETS, ModelArgs, preset
 from .generate import Generation, generate, prefill, sample, score
 from .masks import receptive_field, visible, window_mask
 from .model import Transformer
-from .trace import trace
+from . import trace  # trace.record(): cache writes and kernel counters, for plots
 
 __version__ = "0.1.0"
 

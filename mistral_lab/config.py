@@ -83,6 +83,13 @@ PRESETS: dict[str, ModelArgs] = {
         dim=4096, n_layers=32, head_dim=128, hidden_dim=14336, n_heads=32, n_kv_heads=8,
         vocab_size=32000, sliding_window=4096, norm_eps=1e-5, rope_theta=10000.0, max_seq_len=8192,
     ),
+    # The model shipped in assets/model: trained on Shakespeare with its own 4096-piece BPE.
+    # W = 64 over training sequences of 512 tokens (8 windows), so that information from
+    # beyond one window reaches a token only through the stacked layers (6 x 63 = 378).
+    "shakespeare": ModelArgs(
+        dim=256, n_layers=6, head_dim=32, hidden_dim=768, n_heads=8, n_kv_heads=2,
+        vocab_size=4096, sliding_window=64, max_seq_len=512,
+    ),
     # A few-hundred-thousand-parameter model with the same structure, for tests and demos.
     "tiny": ModelArgs(
         dim=64, n_layers=3, head_dim=16, hidden_dim=160, n_heads=4, n_kv_heads=2,

@@ -39,6 +39,7 @@ class GenerationStats:
 class Generation:
     prompt: list[int]
     new_tokens: list[int]
+    logprobs: list[float]  # log p(new token | everything before it), under the model's logits
     stop_reason: str  # "eos" or "length"
     stats: GenerationStats
     cache: KVCache = field(repr=False)
@@ -168,6 +169,7 @@ def generate(
     t0 = time.perf_counter()
     logits = prefill(model, ids, cache, chunk_size)
     new: list[int] = []
+    logprobs: list[float] = []
     stop = "length"
     _sync(ids.device)
     t1 = time.perf_counter()
@@ -175,6 +177,7 @@ def generate(
         token = sample(logits, temperature, top_k, top_p, generator)  # (1,)
         tok = int(token)
         new.append(tok)
+        logprobs.append(float(torch.log_softmax(logits[0].float(), -1)[tok]))
         if on_token is not None:
             on_token(tok)
         if eos_id is not None and tok == eos_id:
@@ -186,4 +189,4 @@ def generate(
     _sync(ids.device)
     t2 = time.perf_counter()
     stats = GenerationStats(ids.shape[1], len(new), t1 - t0, t2 - t1)
-    return Generation(ids[0].tolist(), new, stop, stats, cache)
+    return Generation(ids[0].tolist(), new, logprobs, stop, stats, cache)

@@ -1,6 +1,6 @@
 """Instrumentation: collect what the cache and kernels did, for plots.
 
-    with mistral_lab.trace() as t:
+    with mistral_lab.trace.record() as t:
         generate(model, prompt, 100)
     t.cache_writes   # every slot write: layer, slot, position written, position evicted
 
@@ -43,7 +43,7 @@ def active() -> Trace | None:
 
 
 @contextmanager
-def trace(layers=None):
+def record(layers=None):
     """Record cache writes (and kernel counters) made inside the block."""
     global _active
     outer = _active
