@@ -29,11 +29,12 @@ def cmd_generate(args) -> None:
     if not args.prompt:
         raise UsageError("the prompt is empty: pass --prompt 'some text'")
     model, tok = _model_and_tokenizer(args)
-    stream = StreamDecoder(tok)
+    prompt_ids = tok.encode(args.prompt)
+    stream = StreamDecoder(tok, prompt_ids)  # the prompt as context: the first new token keeps its space
     out = sys.stdout
     out.write(args.prompt)
     result = generate(
-        model, tok.encode(args.prompt), args.max_new_tokens,
+        model, prompt_ids, args.max_new_tokens,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
         eos_id=tok.eos_id, chunk_size=args.chunk_size,
         on_token=lambda t: (out.write(stream.push(t)), out.flush()),
@@ -81,7 +82,7 @@ def cmd_train(args) -> None:
     import numpy as np
     import torch
 
-    from . import corpus, weights
+    from . import corpus
     from .config import preset
     from .train import TrainConfig, train
 
@@ -97,6 +98,8 @@ def cmd_train(args) -> None:
     model_args = preset(args.preset)
     t0 = time.time()
     model = train(model_args, train_tokens, heldout_tokens, cfg, out, progress=not args.quiet)
+    from . import weights
+
     weights.save(model, out, dtype=getattr(torch, args.save_dtype), tokenizer_file=data_dir / "tokenizer.model")
     info = {"preset": args.preset, "args": model_args.to_dict(), "train": cfg.__dict__, "data": stats,
             "wall_s": round(time.time() - t0, 1), "torch": torch.__version__, "device": _device_name(args.device),
