@@ -97,10 +97,13 @@ class Transformer(nn.Module):
         self._backend = get_backend(name)
 
     def new_cache(self, batch_size: int = 1, *, full: bool = False, **kw) -> KVCache:
-        """A rolling buffer (or, with full=True, a growing full cache) matching this model."""
+        """A rolling buffer matching this model, or a growing full cache (with full=True,
+        and always for a model without a window: there is no W to size a buffer by)."""
         p = next(self.parameters())
         kw = {"dtype": p.dtype, "device": p.device, **kw}
-        return KVCache.full(self.args, batch_size, **kw) if full else KVCache.rolling(self.args, batch_size, **kw)
+        if full or self.args.sliding_window is None:
+            return KVCache.full(self.args, batch_size, **kw)
+        return KVCache.rolling(self.args, batch_size, **kw)
 
     def forward(self, tokens: torch.Tensor, cache: KVCache | None = None, *, last_only: bool = False) -> torch.Tensor:
         """tokens (B, T) -> logits (B, T, vocab) in fp32 (or (B, 1, vocab) with last_only).

@@ -233,8 +233,9 @@ def test_full_attention_model_needs_capacity():
     with pytest.raises(ValueError, match="no sliding window"):
         KVCache.rolling(a)
     m = ml.Transformer(a).eval()
-    g = ml.generate(m, [1, 2, 3], 40, cache=m.new_cache(full=True))  # full attention: never a silent window
-    assert g.cache.capacity >= 43
+    g = ml.generate(m, [1, 2, 3], 40)  # full attention: never a silent window
+    assert g.cache.grow and g.cache.capacity >= 43
+    assert score(m, g.tokens).shape == (42,)
     cache = KVCache(a, capacity=10)
     with pytest.raises(ValueError, match="does not fit a 10-slot cache"):
         prefill(m, tokens(12), cache)
