@@ -1,11 +1,13 @@
 """Command line: python -m mistral_lab {generate, memory, info, train, perplexity, bench}.
 
-Errors in what the user gave (a path, a setting, a prompt) print one line and exit 2.
+Errors in what the user gave (a path, a setting, a prompt) print one line and exit 2;
+MISTRAL_LAB_DEBUG=1 shows the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -226,7 +228,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (UsageError, ValueError, OSError) as e:  # bad input; anything else is a bug: traceback
+    except (UsageError, ValueError, OSError, RuntimeError) as e:  # bad input, no GPU, no Triton
+        if os.environ.get("MISTRAL_LAB_DEBUG"):
+            raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"error: {msg}", file=sys.stderr)
         return 2

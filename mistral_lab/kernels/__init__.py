@@ -1,0 +1,116 @@
+"""Triton kernels for the attention backend, one file per op.
+
+    swa_attention.py     pre-fill: flash attention that visits only the window's tiles
+    chunk_attention.py   a pre-fill chunk over [rolling buffer, read in place + chunk]
+    decode_attention.py  one query over the rolling buffer, split across programs
+    cache_write.py       scatter new K/V into slots (start + t) mod S
+    counters.py          per-program counters the kernels fill inside mistral_lab.trace()
+    bench.py             GPU timings against FlexAttention and SDPA
+
+Triton is optional: it has no macOS/Windows wheels. Without a CUDA GPU the kernels run
+in Triton's interpreter (numpy on the CPU, ~150x slower than torch): this module sets
+TRITON_INTERPRET=1 itself before the kernel modules are imported, which is when Triton
+decides between compiling and interpreting.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+_KERNEL_MODULES = ("swa_attention", "chunk_attention", "decode_attention", "cache_write")
+
+
+class TritonUnavailable(RuntimeError):
+    """The triton backend cannot run here (Triton missing, or imported the wrong way)."""
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def available() -> tuple[bool, str]:
+    """(whether backend='triton' can run here, why / how it will run)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError as e:
+        if importlib.util.find_spec("triton") is None:
+            return False, "Triton is not installed (it has no macOS/Windows wheels): use backend='torch'"
+        return False, f"Triton is installed but cannot be imported ({e}): use backend='torch'"
+    if _has_cuda():
+        import torch
+
+        if os.environ.get("TRITON_INTERPRET") == "1":
+            return True, "TRITON_INTERPRET=1: kernels run in Triton's interpreter even though a CUDA GPU is present"
+        return True, f"compiled for the CUDA GPU {torch.cuda.get_device_name()}"
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return True, "no CUDA GPU: kernels run in Triton's interpreter (TRITON_INTERPRET=1), ~150x slower than torch"
+    return True, ("no CUDA GPU: TRITON_INTERPRET=1 will be set when the backend is created, "
+                  "so kernels run in Triton's interpreter, ~150x slower than torch")
+
+
+def _import_kernels():
+    ok, reason = available()
+    if not ok:
+        raise TritonUnavailable(reason)
+    if not _has_cuda() and os.environ.get("TRITON_INTERPRET") != "1":
+        loaded = [m for m in _KERNEL_MODULES if f"{__name__}.{m}" in sys.modules]
+        if loaded:
+            raise TritonUnavailable(
+                f"{__name__}.{loaded[0]} was imported before TRITON_INTERPRET=1 was set and there is no "
+                f"CUDA GPU: set TRITON_INTERPRET=1 before importing it, or create the backend first")
+        os.environ["TRITON_INTERPRET"] = "1"  # read by @triton.jit when the modules below load
+    from . import cache_write, chunk_attention, decode_attention, swa_attention
+
+    return swa_attention, chunk_attention, decode_attention, cache_write
+
+
+class TritonBackend:
+    """The attention calls of backends.TorchBackend, as Triton kernels.
+
+    prefill(q, k, v, positions, window)
+    chunk(q, k, v, positions, cache_k, cache_v, cache_pos, window)
+    decode(q, cache_k, cache_v, cache_pos, position, window)
+    write(cache, layer, k, v, start)       same as KVCache.write, as a kernel
+    """
+
+    name = "triton"
+
+    def __init__(self):
+        self._swa, self._chunk, self._decode, self._write = _import_kernels()
+        self.interpreting = self._swa.interpreting()
+
+    def _check_device(self, x) -> None:
+        if not self.interpreting and x.device.type != "cuda":
+            raise TritonUnavailable(
+                f"the triton backend is compiled for the GPU but got {x.device.type} tensors: "
+                f"move the model to 'cuda' or use backend='torch'")
+
+    def prefill(self, q, k, v, positions, window):
+        self._check_device(q)
+        return self._swa.swa_prefill(q, k, v, positions, window)
+
+    def chunk(self, q, k, v, positions, cache_k, cache_v, cache_pos, window):
+        self._check_device(q)
+        return self._chunk.chunk_attention(q, k, v, positions, cache_k, cache_v, cache_pos, window)
+
+    def decode(self, q, cache_k, cache_v, cache_pos, position, window):
+        self._check_device(q)
+        return self._decode.decode_attention(q, cache_k, cache_v, cache_pos, position, window)
+
+    def write(self, cache, layer, k, v, start):
+        self._check_device(k)
+        return self._write.write(cache, layer, k, v, start)
+
+    def __repr__(self) -> str:
+        return f"TritonBackend({'interpreter' if self.interpreting else 'compiled'})"
+
+
+def triton_backend() -> TritonBackend:
+    """The triton backend; raises TritonUnavailable (a RuntimeError) where Triton cannot run."""
+    return TritonBackend()
+
+
+__all__ = ["TritonBackend", "TritonUnavailable", "available", "triton_backend"]
