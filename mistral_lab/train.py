@@ -123,6 +123,9 @@ def train(args: ModelArgs, train_tokens: np.ndarray, heldout_tokens: np.ndarray,
                    "tokens": (step + 1) * cfg.batch_size * cfg.seq_len, "elapsed_s": round(time.perf_counter() - t0, 2)}
             if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
                 rec["heldout_loss"] = round(evaluate(model, heldout_tokens, cfg), 5)
+                # a plain state dict at every evaluation: progress survives an interruption
+                torch.save({"args": args.to_dict(), "step": step + 1, "model": model.state_dict()},
+                           out_dir / "checkpoint.pt")
             logf.write(json.dumps(rec) + "\n")
             logf.flush()
             bar.set_postfix(loss=f"{rec['loss']:.3f}", **({"heldout": f"{rec['heldout_loss']:.3f}"} if "heldout_loss" in rec else {}))
