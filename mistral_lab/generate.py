@@ -82,9 +82,15 @@ def score(model: Transformer, tokens: Sequence[int] | torch.Tensor, chunk_size: 
     ids = _as_batch(tokens, model)
     if ids.shape[1] < 2:
         raise ValueError("scoring needs at least two tokens (the first one is only context)")
-    logits = prefill(model, ids, model.new_cache(), chunk_size, all_logits=True)[0]
-    logp = torch.log_softmax(logits[:-1], dim=-1)
-    return logp.gather(-1, ids[0, 1:, None])[:, 0]
+    _check_chunk_size(chunk_size)
+    chunk = chunk_size or _default_chunk(model, ids.shape[1])
+    cache, out = model.new_cache(), []
+    # chunk by chunk, so that only one chunk's logits (chunk x vocab) exist at a time
+    for i in range(0, ids.shape[1] - 1, chunk):
+        logp = torch.log_softmax(model(ids[:, i:i + chunk], cache)[0], dim=-1)  # (c, vocab)
+        targets = ids[0, i + 1:i + 1 + chunk]
+        out.append(logp[: len(targets)].gather(-1, targets[:, None])[:, 0])
+    return torch.cat(out)
 
 
 def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,

@@ -41,7 +41,7 @@ class Attention(nn.Module):
         q = self.wq(x).view(B, T, a.n_heads, a.head_dim)  # (B, T, H, D)
         k = self.wk(x).view(B, T, a.n_kv_heads, a.head_dim)  # (B, T, K, D)
         v = self.wv(x).view(B, T, a.n_kv_heads, a.head_dim)
-        q, k = ops.apply_rope(q, *rope), ops.apply_rope(k, *rope)
+        q, k = ops.apply_rope(q, rope), ops.apply_rope(k, rope)
         W = a.sliding_window
         if cache is None:
             out = backend.prefill(q, k, v, positions, W)
@@ -117,7 +117,7 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.reserve(start + T)  # grows a full cache; a rolling buffer simply wraps
         positions = torch.arange(start, start + T, device=tokens.device)
-        rope = ops.rope_angles(positions, self.args.head_dim, self.args.rope_theta)
+        rope = ops.rope_frequencies(positions, self.args.head_dim, self.args.rope_theta)  # (T, D/2) complex
         h = self.tok_embeddings(tokens)  # (B, T, dim)
         for i, layer in enumerate(self.layers):
             h = layer(h, positions, rope, self._backend, cache, i)

@@ -19,29 +19,26 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x) * weight
 
 
-def rope_angles(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of the rotation angles, each (T, D/2), for any absolute positions.
+def rope_frequencies(positions: torch.Tensor, head_dim: int, theta: float) -> torch.Tensor:
+    """exp(j * angle) for every position and pair of dimensions: complex (T, D/2).
 
     Computed from the positions on every call rather than looked up in a table, so a
     rolling-buffer generation can run past any precomputed length.
     """
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim))
     angles = positions.float()[:, None] * inv_freq[None, :]  # (T, D/2)
-    return angles.cos(), angles.sin()
+    return torch.polar(torch.ones_like(angles), angles)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     """Rotate interleaved pairs (x[2i], x[2i+1]) by the angles: Mistral/Meta's layout.
 
-    x: (B, T, heads, D); cos, sin: (T, D/2). Equivalent to multiplying the complex
-    number x[2i] + j*x[2i+1] by exp(j*angle_i).
+    x: (B, T, heads, D); freqs: complex (T, D/2). The pair is the complex number
+    x[2i] + j*x[2i+1]; rotating it is one complex multiplication.
     """
     B, T, nh, D = x.shape
-    pairs = x.float().view(B, T, nh, D // 2, 2)
-    x0, x1 = pairs[..., 0], pairs[..., 1]  # (B, T, nh, D/2)
-    c, s = cos[None, :, None, :], sin[None, :, None, :]
-    out = torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1)  # (B, T, nh, D/2, 2)
-    return out.view(B, T, nh, D).type_as(x)
+    xc = torch.view_as_complex(x.float().reshape(B, T, nh, D // 2, 2))  # (B, T, nh, D/2)
+    return torch.view_as_real(xc * freqs[None, :, None, :]).reshape(B, T, nh, D).type_as(x)
 
 
 def attention(
