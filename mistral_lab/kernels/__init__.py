@@ -33,6 +33,11 @@ def _has_cuda() -> bool:
 
 def available() -> tuple[bool, str]:
     """(whether backend='triton' can run here, why / how it will run)."""
+    if importlib.util.find_spec("triton") is None:
+        return False, "Triton is not installed (it has no macOS/Windows wheels): use backend='torch'"
+    if not _has_cuda():
+        # Before Triton's first import: some of its settings are read once, at import.
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     try:
         import triton  # noqa: F401
     except ImportError as e:

@@ -1,0 +1,1 @@
+"""Plot and widget builders for the notebooks: each returns a plotly figure or an ipywidget."""

@@ -1,0 +1,128 @@
+"""Grouped-query attention: which query heads share a key/value head, what that saves,
+and what the heads of one group do with the keys they share.
+
+    qkv = layer_qkv(model, ids, layer=2)              # q (1,T,H,D), k, v (1,T,K,D), positions
+    probs = attention_probs(qkv)                       # (H, T, T), from ops.attention itself
+"""
+from __future__ import annotations
+
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+
+from .. import ops
+from ..config import ModelArgs
+
+
+def head_sharing_figure(args: ModelArgs, title: str = "") -> go.Figure:
+    """Query heads (top row) wired to the key/value head they read (bottom row)."""
+    H, K, G = args.n_heads, args.n_kv_heads, args.n_rep
+    fig = go.Figure()
+    kv_x = [(j + 0.5) * G - 0.5 for j in range(K)]
+    for h in range(H):
+        fig.add_scatter(x=[h, kv_x[h // G]], y=[1, 0], mode="lines", line=dict(color="#bbb", width=1),
+                        hoverinfo="skip", showlegend=False)
+    fig.add_scatter(x=list(range(H)), y=[1] * H, mode="markers", name="query heads",
+                    marker=dict(size=12, color=[h // G for h in range(H)], colorscale="Turbo", symbol="circle"),
+                    text=[f"query head {h} -> KV head {h // G}" for h in range(H)], hoverinfo="text")
+    fig.add_scatter(x=kv_x, y=[0] * K, mode="markers", name="key/value heads",
+                    marker=dict(size=22, color=list(range(K)), colorscale="Turbo", symbol="square"),
+                    text=[f"KV head {j}: serves query heads {j * G}..{j * G + G - 1}" for j in range(K)],
+                    hoverinfo="text")
+    fig.update_layout(title=title or f"{H} query heads share {K} key/value heads ({G} per group)",
+                      height=260, margin=dict(l=20, r=20, t=50, b=20),
+                      xaxis=dict(visible=False), yaxis=dict(visible=False, range=[-0.4, 1.4]))
+    return fig
+
+
+def decode_kv_bytes(args: ModelArgs, context: int, bytes_per_element: int = 2) -> dict:
+    """Bytes of K and V one decode step reads (all layers, batch 1) for MHA, GQA (args), MQA.
+
+    A step attends over min(context, W) cached positions; each holds kv_heads * head_dim
+    values of K and of V per layer."""
+    seen = min(context, args.sliding_window) if args.sliding_window else context
+    per_head = 2 * args.n_layers * args.head_dim * bytes_per_element * seen
+    return {f"MHA ({args.n_heads} KV heads)": args.n_heads * per_head,
+            f"GQA ({args.n_kv_heads} KV heads)": args.n_kv_heads * per_head,
+            "MQA (1 KV head)": per_head}
+
+
+def decode_bytes_figure(args: ModelArgs, context: int, bytes_per_element: int = 2) -> go.Figure:
+    d = decode_kv_bytes(args, context, bytes_per_element)
+    fig = go.Figure(go.Bar(x=list(d), y=[b / 2**20 for b in d.values()],
+                           text=[f"{b / 2**20:,.0f} MiB" for b in d.values()], textposition="outside"))
+    fig.update_layout(title=f"K/V read per generated token at {context:,} tokens of context (all layers)",
+                      yaxis_title="MiB per decode step", height=340, margin=dict(l=50, r=20, t=50, b=40))
+    return fig
+
+
+class _Catch:
+    """Wraps an attention backend and keeps the q/k/v one layer hands to it."""
+
+    def __init__(self, inner, layer: int):
+        self.inner, self.name, self.layer, self.calls, self.caught = inner, inner.name, layer, 0, None
+
+    def prefill(self, q, k, v, positions, window):
+        if self.calls == self.layer:
+            self.caught = dict(q=q.clone(), k=k.clone(), v=v.clone(), positions=positions.clone(), window=window)
+        self.calls += 1
+        return self.inner.prefill(q, k, v, positions, window)
+
+
+@torch.inference_mode()
+def layer_qkv(model, ids, layer: int) -> dict:
+    """q (1,T,H,D), k, v (1,T,K,D) after RoPE, positions and window, exactly as one layer of a
+    real forward pass (no cache) hands them to its attention backend."""
+    inner = model._backend
+    catch = _Catch(inner, layer)
+    model._backend = catch
+    try:
+        model(torch.tensor([ids]))
+    finally:
+        model._backend = inner
+    return catch.caught
+
+
+@torch.inference_mode()
+def attention_probs(qkv: dict) -> torch.Tensor:
+    """(H, T, T) attention probabilities, read out of ops.attention itself: with the values
+    set to one-hot vectors (the identity), the output row of a query IS its softmax row.
+    The identity is fed D columns at a time, since values must have head_dim columns."""
+    q, k, pos, W = qkv["q"], qkv["k"], qkv["positions"], qkv["window"]
+    B, T, H, D = q.shape
+    K = k.shape[2]
+    eye = torch.eye(T, dtype=q.dtype)
+    cols = []
+    for c0 in range(0, T, D):
+        block = torch.zeros(T, D, dtype=q.dtype)
+        block[:, :min(D, T - c0)] = eye[:, c0:c0 + D]
+        v = block[None, :, None, :].expand(B, T, K, D)  # (B, T, K, D): key t carries e_t
+        cols.append(ops.attention(q, k, v, pos, pos, W)[0, :, :, :min(D, T - c0)])  # (T, H, cols)
+    return torch.cat(cols, dim=-1).permute(1, 0, 2)  # (H, T, T)
+
+
+def group_heads_figure(probs: torch.Tensor, pieces: list[str], group: int, n_rep: int) -> go.Figure:
+    """Heat maps of the n_rep query heads of one group (they share the same keys)."""
+    heads = list(range(group * n_rep, group * n_rep + n_rep))
+    fig = make_subplots(rows=1, cols=n_rep, subplot_titles=[f"query head {h}" for h in heads],
+                        shared_yaxes=True, horizontal_spacing=0.02)
+    labels = [f"{i}:{p}" for i, p in enumerate(pieces)]
+    for c, h in enumerate(heads):
+        fig.add_heatmap(z=probs[h].tolist(), x=labels, y=labels, coloraxis="coloraxis", row=1, col=c + 1)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_xaxes(showticklabels=False)
+    fig.update_layout(title=f"KV head {group}: {n_rep} query heads, same keys, different patterns "
+                            f"(rows: queries, columns: keys)",
+                      coloraxis=dict(colorscale="Viridis", colorbar=dict(title="p")), height=360,
+                      margin=dict(l=90, r=20, t=70, b=20))
+    return fig
+
+
+@torch.inference_mode()
+def gqa_vs_repeated(qkv: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """ops.attention with shared K/V, and the same with K/V repeated to one per query head."""
+    q, k, v, pos, W = qkv["q"], qkv["k"], qkv["v"], qkv["positions"], qkv["window"]
+    G = q.shape[2] // k.shape[2]
+    shared = ops.attention(q, k, v, pos, pos, W)
+    repeated = ops.attention(q, k.repeat_interleave(G, dim=2), v.repeat_interleave(G, dim=2), pos, pos, W)
+    return shared, repeated

@@ -1,0 +1,116 @@
+"""The Triton kernels seen from inside: tile maps from their own counters, closed-form
+counts to check them against, and benchmark results (ours from JSON, peers' labelled).
+
+    call = traced_swa_prefill(n=256, window=64)   # one instrumented launch (interpreter on CPU)
+    tile_map_figure(call); expected_counts(call)
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+
+from .. import trace
+
+# DESIGN.md section 6: measured by peers on an H100 80GB (torch 2.11, bf16, batch 1,
+# 32 query / 8 KV heads, head_dim 128, W = 4096). NOT measured by this project.
+PEER_H100_PREFILL_MS = {
+    4096: {"SDPA causal (flash)": 0.26, "FlexAttention sliding window": 0.40, "SDPA + dense window mask": 0.87},
+    8192: {"SDPA causal (flash)": 0.94, "FlexAttention sliding window": 1.04, "SDPA + dense window mask": 3.39},
+    16384: {"SDPA causal (flash)": 3.67, "FlexAttention sliding window": 2.36, "SDPA + dense window mask": 15.09},
+    32768: {"SDPA causal (flash)": 14.35, "FlexAttention sliding window": 4.94},
+}
+
+
+def traced_swa_prefill(n: int = 256, window: int = 64, heads: int = 8, kv_heads: int = 2, head_dim: int = 32,
+                       block: int = 16, seed: int = 0):
+    """Run the sliding-window pre-fill kernel once on random q/k/v inside a trace.
+    Returns (KernelCall, kernel output, ops.attention output)."""
+    from .. import ops
+    from ..kernels import triton_backend
+
+    triton_backend()  # sets TRITON_INTERPRET=1 without a GPU, then imports the kernels
+    from ..kernels import swa_attention
+
+    g = torch.Generator().manual_seed(seed)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    q = torch.randn(1, n, heads, head_dim, generator=g).to(dev)
+    k = torch.randn(1, n, kv_heads, head_dim, generator=g).to(dev)
+    v = torch.randn(1, n, kv_heads, head_dim, generator=g).to(dev)
+    pos = torch.arange(n, device=dev)
+    with trace.record() as t:
+        out = swa_attention.swa_prefill(q, k, v, pos, window, block_m=block, block_n=block)
+    return t.kernel_calls[-1], out, ops.attention(q, k, v, pos, pos, window)
+
+
+def expected_counts(call) -> dict:
+    """The counters a window-skipping kernel must report, from the shapes alone."""
+    m = call.meta
+    T, W, D, H, K, B = m["T"], m["window"], m["D"], m["H"], m["K"], m["B"]
+    BM, BN, G = call.block_m, call.block_n, H // K
+    elem = 4 if "float32" in m["dtype"] else 2
+    tiles = skipped = 0
+    for i in range(math.ceil(T / BM)):
+        m0, m1 = i * BM, min(i * BM + BM, T) - 1
+        lo, hi = max(0, m0 - W + 1) // BN, math.ceil((m1 + 1) / BN)
+        tiles, skipped = tiles + hi - lo, skipped + lo
+    pairs = sum(min(p + 1, W) for p in range(T))
+    progs = B * K
+    return dict(tiles=progs * tiles, skipped=progs * skipped,
+                kv_bytes=progs * tiles * BN * D * 2 * elem,  # every tile is full when BN divides T
+                flops=progs * tiles * 4 * D * (BM * G) * BN,
+                visible_pairs=B * H * pairs)
+
+
+def tile_map_figure(call) -> go.Figure:
+    """Query blocks x key blocks: computed tiles, causal tiles skipped (before the window), future."""
+    first, last = call.per_program["first_block"][:, 0], call.per_program["last_block"][:, 0]
+    nq, nk = len(first), int(math.ceil(call.meta["T"] / call.block_n))
+    kb = np.arange(nk)
+    z = np.where((kb[None] >= first[:, None]) & (kb[None] <= last[:, None]), 2,
+                 np.where(kb[None] < first[:, None], 1, 0))
+    colors = [[0, "#f4f4f4"], [0.33, "#f4f4f4"], [0.34, "#f6b26b"], [0.66, "#f6b26b"], [0.67, "#3d85c6"], [1, "#3d85c6"]]
+    fig = go.Figure(go.Heatmap(z=z.tolist(), zmin=0, zmax=2, colorscale=colors, xgap=1, ygap=1,
+                               colorbar=dict(tickvals=[0.33, 1, 1.67], ticktext=["future", "skipped", "computed"])))
+    t = call.totals
+    fig.update_layout(title=f"swa_prefill tile map (N={call.meta['T']}, W={call.meta['window']}, "
+                            f"{call.block_m}x{call.block_n} tiles): {t['tiles']} computed, {t['skipped']} skipped",
+                      xaxis_title="key block", yaxis_title="query block (program)", height=420, width=520,
+                      yaxis=dict(autorange="reversed"), margin=dict(l=50, r=20, t=50, b=40))
+    return fig
+
+
+def visible_pairs(n: int, window: int | None) -> int:
+    """(query, key) pairs a length-n sequence attends: n(n+1)/2 causal, about n*W with a window."""
+    if window is None or window >= n:
+        return n * (n + 1) // 2
+    return window * (window + 1) // 2 + (n - window) * window
+
+
+def load_benchmarks(folder) -> list[dict]:
+    """Rows of every benchmarks/*.json written by `python -m mistral_lab bench ... --out`."""
+    rows = []
+    for p in sorted(Path(folder).glob("*.json")):
+        doc = json.loads(p.read_text())
+        for r in doc.get("rows", []):
+            rows.append({**r, "device": doc.get("device"), "file": p.name})
+    return rows
+
+
+def prefill_bench_figure(rows: list[dict], title: str) -> go.Figure:
+    """ms against N for each implementation (rows: dicts with N, impl, ms)."""
+    fig = go.Figure()
+    for impl in dict.fromkeys(r["impl"] for r in rows):
+        pts = sorted((r["N"], r["ms"]) for r in rows if r["impl"] == impl and r.get("ms") is not None)
+        fig.add_scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], name=impl, mode="lines+markers")
+    fig.update_layout(title=title, xaxis=dict(title="sequence length N", type="log", tickvals=[4096, 8192, 16384, 32768]),
+                      yaxis=dict(title="ms (log)", type="log"), height=380, margin=dict(l=50, r=20, t=50, b=40))
+    return fig
+
+
+def peer_rows() -> list[dict]:
+    return [dict(N=n, impl=impl, ms=ms) for n, d in PEER_H100_PREFILL_MS.items() for impl, ms in d.items()]

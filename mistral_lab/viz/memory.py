@@ -1,0 +1,109 @@
+"""KV-cache memory: full cache vs rolling buffer, by formula and measured on a real run.
+
+    fig = bytes_vs_tokens_figure(ml.preset("mistral-7b-v0.1"))      # 0 -> 32k tokens
+    run = measure_prefill(model, ids, full=False)                     # nbytes after each chunk
+    fig = measured_figure([run_rolling, run_full])
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import plotly.graph_objects as go
+import torch
+
+from ..cache import cache_bytes
+from ..config import ModelArgs
+
+GIB = 2**30
+
+
+def bytes_vs_tokens_figure(args: ModelArgs, max_tokens: int = 32768, window: int | None = None,
+                           bytes_per_element: int = 2, points: int = 257) -> go.Figure:
+    """Cache size (GiB) against tokens seen, full vs rolling, from ml.cache_bytes."""
+    if window is not None:
+        args = args.replace(sliding_window=window)
+    xs = [round(i * max_tokens / (points - 1)) for i in range(points)]
+    full = [cache_bytes(args, n, rolling=False, bytes_per_element=bytes_per_element) / GIB for n in xs]
+    roll = [cache_bytes(args, n, rolling=True, bytes_per_element=bytes_per_element) / GIB for n in xs]
+    fig = go.Figure()
+    fig.add_scatter(x=xs, y=full, name="full cache (one slot per token)")
+    fig.add_scatter(x=xs, y=roll, name=f"rolling buffer (W = {args.sliding_window} slots)")
+    fig.update_layout(title=f"K/V cache, batch 1, {8 * bytes_per_element}-bit values: "
+                            f"{full[-1]:.2f} GiB vs {roll[-1]:.2f} GiB at {max_tokens:,} tokens",
+                      xaxis_title="tokens in the context", yaxis_title="GiB", height=380,
+                      margin=dict(l=50, r=20, t=50, b=40), legend=dict(x=0.02, y=0.98))
+    return fig
+
+
+def memory_explorer(args: ModelArgs, max_tokens: int = 32768):
+    """A slider for the window W (in slots) redrawing bytes_vs_tokens_figure in an Output."""
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    w0 = args.sliding_window or 4096
+    slider = widgets.IntSlider(value=w0, min=512, max=max_tokens, step=512, description="W (slots)",
+                               continuous_update=False, layout=widgets.Layout(width="60%"))
+    out = widgets.Output()
+
+    def redraw(_=None):
+        with out:
+            out.clear_output(wait=True)
+            display(bytes_vs_tokens_figure(args, max_tokens, window=slider.value))
+
+    slider.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([slider, out])
+
+
+@dataclass
+class PrefillRun:
+    """What one chunked pre-fill did: cache bytes after each chunk, final logits, time."""
+    label: str
+    tokens: list = field(default_factory=list)  # tokens seen after each chunk
+    nbytes: list = field(default_factory=list)  # cache.nbytes after each chunk
+    capacity: int = 0
+    logits: torch.Tensor | None = None  # of the last token, (vocab,)
+    seconds: float = 0.0
+
+
+@torch.inference_mode()
+def measure_prefill(model, ids, *, full: bool, chunk: int | None = None, progress: bool = True) -> PrefillRun:
+    """Pre-fill ids (a list) chunk by chunk into a fresh cache, recording cache.nbytes after each."""
+    chunk = chunk or model.args.sliding_window
+    x = torch.tensor([ids])
+    cache = model.new_cache(full=full)
+    run = PrefillRun("full cache" if full else "rolling buffer")
+    bar = None
+    if progress:
+        import ipywidgets as widgets
+        from IPython.display import display
+
+        bar = widgets.IntProgress(max=len(ids), description=run.label[:12])
+        display(bar)
+    t0 = time.perf_counter()
+    for i in range(0, len(ids), chunk):
+        logits = model(x[:, i:i + chunk], cache, last_only=True)
+        run.tokens.append(min(i + chunk, len(ids)))
+        run.nbytes.append(cache.nbytes)
+        if bar is not None:
+            bar.value = run.tokens[-1]
+    run.seconds = time.perf_counter() - t0
+    run.logits, run.capacity = logits[0, -1], cache.capacity
+    return run
+
+
+def measured_figure(runs, args: ModelArgs | None = None, bytes_per_element: int = 4) -> go.Figure:
+    """Measured cache.nbytes (MiB) against tokens for each PrefillRun, with the formula dotted."""
+    fig = go.Figure()
+    for r in runs:
+        fig.add_scatter(x=r.tokens, y=[b / 2**20 for b in r.nbytes], name=f"{r.label} (measured)", mode="lines")
+    if args is not None:
+        n = max(r.tokens[-1] for r in runs)
+        xs = list(range(0, n + 1, max(1, n // 256)))
+        fig.add_scatter(x=xs, y=[cache_bytes(args, t, rolling=False, bytes_per_element=bytes_per_element) / 2**20
+                                 for t in xs], name="tokens x bytes per token", line=dict(dash="dot"))
+    fig.update_layout(title="cache.nbytes during a chunked pre-fill of the shipped model",
+                      xaxis_title="tokens pre-filled", yaxis_title="MiB allocated for K and V", height=380,
+                      margin=dict(l=50, r=20, t=50, b=40), legend=dict(x=0.02, y=0.98))
+    return fig
