@@ -1,0 +1,89 @@
+"""Measurements on a model that the notebooks plot: how far back information reaches.
+
+    M = influence(model, ids, positions=[300], layer=3)   # (1, T)
+    M[0, j]   # how much the hidden state at 300, after 3 layers, moves with token j
+
+influence[i, j] is |d h_i / d x_j|: the norm of the Jacobian of the hidden state at
+position i (after `layer` blocks) with respect to the input embedding at position j,
+computed by autograd in fp32. With sliding-window attention (W keys, self included)
+each layer moves information back at most W - 1 positions, so after k layers
+influence[i, j] is *exactly* 0 when i - j > k (W - 1) -- not small: no path of the
+computation graph connects them -- and positive for i - k (W - 1) <= j <= i.
+
+`probes` picks how the norm over dimensions is taken. None: the exact Frobenius norm
+(every output dimension as a direction: dim rows in the batch, fine for small models).
+An integer P: P random Gaussian directions u, influence = sqrt(mean_u |u^T J|^2)
+(mean_u |u^T J|^2 is an unbiased estimate of |J|_F^2); it is exactly 0 where J is 0 and
+(almost surely) positive elsewhere. Either way the directions ride in the batch dimension: one forward and one backward
+per output position.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from . import ops
+from .model import Transformer
+
+
+def _hidden(model: Transformer, x: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """Run the first n_layers blocks on embeddings x (B, T, dim), positions 0..T-1, no cache."""
+    T = x.shape[1]
+    positions = torch.arange(T, device=x.device)
+    rope = ops.rope_frequencies(positions, model.args.head_dim, model.args.rope_theta)
+    h = x
+    for i, block in enumerate(model.layers[:n_layers]):
+        h = block(h, positions, rope, model._backend, None, i)
+    return h  # (B, T, dim)
+
+
+def _directions(probes: int | None, dim: int, seed: int) -> torch.Tensor:
+    if probes is None:
+        return torch.eye(dim)  # every output dimension: the exact Frobenius norm
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(probes, dim, generator=g)
+
+
+def influence(model: Transformer, tokens: Sequence[int] | torch.Tensor, positions: Sequence[int] | None = None,
+              layer: int | None = None, *, probes: int | None = 4, seed: int = 0) -> torch.Tensor:
+    """|d hidden_i / d embedding_j| for the hidden state after `layer` blocks (None: all).
+
+    Returns (len(positions), T), or (T, T) when positions is None (every row). Rows
+    are for output positions i, columns for input positions j; entries with j > i are 0.
+    """
+    ids = torch.as_tensor(list(tokens) if not isinstance(tokens, torch.Tensor) else tokens).long().flatten()
+    T = ids.numel()
+    n = model.args.n_layers if layer is None else layer
+    if not 0 <= n <= model.args.n_layers:
+        raise ValueError(f"layer must be in 0..{model.args.n_layers}, got {layer}")
+    rows = list(range(T)) if positions is None else [int(p) for p in positions]
+    if any(not 0 <= p < T for p in rows):
+        raise ValueError(f"positions must lie in 0..{T - 1}")
+    p0 = next(model.parameters())
+    dirs = _directions(probes, model.args.dim, seed).to(p0.device)  # (P, dim)
+    P = dirs.shape[0]
+    out = torch.zeros(len(rows), T)
+    with torch.enable_grad():
+        emb = model.tok_embeddings.weight.detach().float()
+        for r, i in enumerate(rows):
+            # causal: position i depends on 0..i only, so run the prefix
+            x = emb[ids[: i + 1].to(p0.device)].unsqueeze(0).repeat(P, 1, 1).requires_grad_(True)  # (P, i+1, dim)
+            h = _hidden(model, x, n)  # (P, i+1, dim)
+            (g,) = torch.autograd.grad((h[:, i] * dirs).sum(), x)  # (P, i+1, dim): u_p^T J_{i,j}
+            sq = g.float().pow(2).sum(-1)  # (P, i+1)
+            out[r, : i + 1] = (sq.sum(0) if probes is None else sq.mean(0)).sqrt().cpu()
+    return out
+
+
+def influence_by_layer(model: Transformer, tokens, position: int, *, probes: int | None = 4,
+                       seed: int = 0) -> torch.Tensor:
+    """Influence on one output position after 0, 1, ..., n_layers blocks: (n_layers + 1, T)."""
+    return torch.cat([influence(model, tokens, [position], k, probes=probes, seed=seed)
+                      for k in range(model.args.n_layers + 1)])
+
+
+def reach(row: torch.Tensor, position: int) -> int:
+    """How many positions back a row of influence is nonzero: position - (first j with influence > 0)."""
+    nz = torch.nonzero(row > 0).flatten()
+    return position - int(nz.min())
