@@ -88,7 +88,8 @@ def cmd_train(args) -> None:
     from .config import preset
     from .train import TrainConfig, train
 
-    torch.set_num_threads(args.threads) if args.threads else None
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     data_dir = Path(args.data_dir) if args.data_dir else out / "data"
     stats = corpus.prepare(data_dir, vocab_size=preset(args.preset).vocab_size)

@@ -26,7 +26,7 @@ import triton.language as tl
 
 from . import counters
 from .swa_attention import (LOG2E, _attend_tile, _attend_window, _load_query_rows, _store_rows,
-                            check_consecutive, check_window, dot_settings, prefill_blocks, prepare)
+                            check_consecutive, check_window, prefill_launch, prepare)
 
 
 @triton.jit
@@ -125,21 +125,9 @@ def chunk_attention(q, k, v, positions, cache_k, cache_v, cache_pos, window,
     check_consecutive(positions)
     B, T, H, D = q.shape
     S, Kh = cache_k.shape[1], cache_k.shape[2]
-    if H % Kh:
-        raise ValueError(f"{H} query heads cannot be grouped over {Kh} key/value heads")
     out_dtype, elem_bytes = q.dtype, cache_k.element_size()
     q, k, v, cache_k, cache_v = (prepare(x) for x in (q, k, v, cache_k, cache_v))
-    G = H // Kh
-    G_P2 = triton.next_power_of_2(G)
-    cfg = prefill_blocks(G_P2, D, q.dtype)
-    if block_m is not None:
-        cfg["BLOCK_M"] = block_m
-    if block_n is not None:
-        cfg["BLOCK_N"] = block_n
-    o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    grid = (triton.cdiv(T, cfg["BLOCK_M"]), B * Kh)
-    ctr, count = counters.buffer(grid, len(counters.CHUNK), q.device)
-    dot_f32, precision = dot_settings(q.dtype)
+    G, G_P2, cfg, o, grid, ctr, count, dot_f32, precision = prefill_launch(q, Kh, block_m, block_n, counters.CHUNK)
     positions = positions.to(device=q.device, dtype=torch.int64).contiguous()
     cache_pos = cache_pos.to(device=q.device, dtype=torch.int64).contiguous()
     _chunk_attention_kernel[grid](

@@ -290,6 +290,26 @@ def _swa_prefill_kernel(Q, K, V, O, POS, CTR,
         tl.store(row + 6, (hi - 1).to(tl.int64))
 
 
+
+def prefill_launch(q, Kh, block_m, block_n, counter_names):
+    """What both pre-fill launchers set up: head grouping, tile config (with test
+    overrides), output, grid (query blocks x batch*KV heads), counters, dot precision."""
+    B, T, H, D = q.shape
+    if H % Kh:
+        raise ValueError(f"{H} query heads cannot be grouped over {Kh} key/value heads")
+    G = H // Kh
+    G_P2 = triton.next_power_of_2(G)
+    cfg = prefill_blocks(G_P2, D, q.dtype)
+    if block_m is not None:
+        cfg["BLOCK_M"] = block_m
+    if block_n is not None:
+        cfg["BLOCK_N"] = block_n
+    o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    grid = (triton.cdiv(T, cfg["BLOCK_M"]), B * Kh)
+    ctr, count = counters.buffer(grid, len(counter_names), q.device)
+    dot_f32, precision = dot_settings(q.dtype)
+    return G, G_P2, cfg, o, grid, ctr, count, dot_f32, precision
+
 def swa_prefill(q, k, v, positions, window, *, block_m: int | None = None, block_n: int | None = None):
     """Sliding-window attention of a whole sequence: the kernel version of ops.attention.
 
@@ -300,21 +320,9 @@ def swa_prefill(q, k, v, positions, window, *, block_m: int | None = None, block
     check_consecutive(positions)
     B, T, H, D = q.shape
     Kh = k.shape[2]
-    if H % Kh:
-        raise ValueError(f"{H} query heads cannot be grouped over {Kh} key/value heads")
     out_dtype, elem_bytes = q.dtype, k.element_size()  # bytes counted as a GPU would read them
     q, k, v = prepare(q), prepare(k), prepare(v)
-    G = H // Kh
-    G_P2 = triton.next_power_of_2(G)
-    cfg = prefill_blocks(G_P2, D, q.dtype)
-    if block_m is not None:
-        cfg["BLOCK_M"] = block_m
-    if block_n is not None:
-        cfg["BLOCK_N"] = block_n
-    o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    grid = (triton.cdiv(T, cfg["BLOCK_M"]), B * Kh)
-    ctr, count = counters.buffer(grid, len(counters.PREFILL), q.device)
-    dot_f32, precision = dot_settings(q.dtype)
+    G, G_P2, cfg, o, grid, ctr, count, dot_f32, precision = prefill_launch(q, Kh, block_m, block_n, counters.PREFILL)
     positions = positions.to(device=q.device, dtype=torch.int64).contiguous()
     _swa_prefill_kernel[grid](
         q, k, v, o, positions, ctr,
