@@ -1,12 +1,17 @@
 """The Triton kernels against the references (ops.attention, TorchBackend, KVCache.write).
 
-Runs in Triton's interpreter (no GPU here): TRITON_INTERPRET=1 must be set before the
-kernel modules are imported, because @triton.jit decides at decoration time. Shapes
-stay small: the interpreter costs milliseconds per tile.
+Without a GPU they run in Triton's interpreter: TRITON_INTERPRET=1 must be set before
+the kernel modules are imported, because @triton.jit decides at decoration time (shapes
+stay small: the interpreter costs milliseconds per tile). With a CUDA GPU the same tests
+run the compiled kernels on the GPU (DEV = "cuda"); tests/test_kernels_gpu.py adds
+bf16 and Mistral 7B's shapes there.
 """
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import importlib.util  # noqa: E402
 import json  # noqa: E402
@@ -16,7 +21,6 @@ import textwrap  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 if importlib.util.find_spec("triton") is None:
     pytest.skip("Triton is not installed (no macOS/Windows wheels): the triton backend is optional",
@@ -39,10 +43,15 @@ from mistral_lab.kernels import bench, cache_write, chunk_attention, decode_atte
 
 REF = TorchBackend()
 ON_GPU = not swa_attention.interpreting()
+DEV = "cuda" if ON_GPU else "cpu"  # compiled kernels read GPU memory; the interpreter, CPU tensors
 
 
 def rand(*shape, dtype=torch.float32, gen=None):
-    return torch.randn(*shape, generator=gen).to(dtype)
+    return torch.randn(*shape, generator=gen).to(dtype).to(DEV)
+
+
+def arange(*a):
+    return torch.arange(*a, device=DEV)
 
 
 def close(out, ref, dtype):
@@ -74,7 +83,7 @@ def test_missing_triton_gives_one_clear_error(monkeypatch):
 def test_interpreter_fp32_dot_is_exact_fp32():
     """The interpreter's tl.dot is numpy's fp32 matmul (no tf32): fp32 tests can use 1e-5."""
     q, k, v = qkv(1, 40, 2, 2, 64, torch.float32, seed=1)
-    pos = torch.arange(40)
+    pos = arange(40)
     err = (BACKEND.prefill(q, k, v, pos, None) - ops.attention(q.double(), k.double(), v.double(), pos, pos, None))
     assert err.abs().max() < 1e-5
 
@@ -102,19 +111,23 @@ PREFILL_CASES = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_prefill_matches_reference(B, T, H, K, D, W, dtype):
     q, k, v = qkv(B, T, H, K, D, dtype, seed=T * 7 + D)
-    pos = torch.arange(T)
+    pos = arange(T)
     out = BACKEND.prefill(q, k, v, pos, W)
     assert out.shape == q.shape and out.dtype == dtype
     close(out, ops.attention(q.float(), k.float(), v.float(), pos, pos, W), dtype)
 
 
-@pytest.mark.parametrize("block_m,block_n", [(8, 8), (16, 8), (8, 16)])
+# tl.dot on a GPU needs tiles of at least 16 in each dimension; the interpreter takes 8.
+SMALL_BLOCKS = [(16, 16), (32, 16), (16, 32)] if ON_GPU else [(8, 8), (16, 8), (8, 16)]
+
+
+@pytest.mark.parametrize("block_m,block_n", SMALL_BLOCKS)
 def test_prefill_every_window_against_small_blocks(block_m, block_n):
     """W = 1 .. block + 1 (and two more) against small blocks: the window's edges fall at every
     offset inside a tile (the masked-edge / unmasked-interior split is exact or wrong here).
     The sequence starts at position 100: the mask works on positions, the skipping on indices."""
     q, k, v = qkv(1, 45, 4, 2, 16, torch.float32, seed=3)
-    pos = torch.arange(100, 145)
+    pos = arange(100, 145)
     big = max(block_m, block_n)
     for W in list(range(1, big + 2)) + [2 * big - 1, 2 * big + 1, None]:
         out = swa_attention.swa_prefill(q, k, v, pos, W, block_m=block_m, block_n=block_n)
@@ -123,16 +136,16 @@ def test_prefill_every_window_against_small_blocks(block_m, block_n):
 
 def test_prefill_bf16_through_interpreter():
     q, k, v = qkv(1, 20, 4, 2, 16, torch.bfloat16, seed=4)
-    pos = torch.arange(20)
+    pos = arange(20)
     close(BACKEND.prefill(q, k, v, pos, 6), ops.attention(q.float(), k.float(), v.float(), pos, pos, 6), torch.bfloat16)
 
 
 def test_prefill_rejects_bad_arguments():
     q, k, v = qkv(1, 4, 2, 1, 16, torch.float32)
-    with pytest.raises(ValueError, match="consecutive"):
+    with pytest.raises(ValueError, match="consecutive"):  # checked where it costs no sync: CPU positions
         BACKEND.prefill(q, k, v, torch.tensor([0, 1, 3, 4]), 2)
     with pytest.raises(ValueError, match="window"):
-        BACKEND.prefill(q, k, v, torch.arange(4), 0)
+        BACKEND.prefill(q, k, v, arange(4), 0)
 
 
 # ----------------------------------------------------------------------------- counters
@@ -150,8 +163,8 @@ def test_prefill_counters_match_closed_forms(T, W, D, G):
     H = G * K
     q, k, v = qkv(B, T, H, K, D, torch.float16, seed=5)
     with mistral_lab.trace.record() as tr:
-        out = BACKEND.prefill(q, k, v, torch.arange(T), W)
-    close(out, ops.attention(q.float(), k.float(), v.float(), torch.arange(T), torch.arange(T), W), torch.float16)
+        out = BACKEND.prefill(q, k, v, arange(T), W)
+    close(out, ops.attention(q.float(), k.float(), v.float(), arange(T), arange(T), W), torch.float16)
     (call,) = tr.kernel_calls
     BM, BN = call.block_m, call.block_n
     assert call.kernel == "swa_prefill" and call.grid == (-(-T // BM), B * K)
@@ -192,7 +205,7 @@ def test_counters_off_without_trace():
 def filled_cache(args, B, n_tokens, dtype, seed=0, step=7):
     """A cache holding positions 0..n_tokens-1, written by KVCache.write in pieces (slots wrap)."""
     g = torch.Generator().manual_seed(seed)
-    cache = KVCache.rolling(args, B, dtype=dtype) if args.sliding_window else KVCache.full(args, B, dtype=dtype)
+    cache = KVCache.rolling(args, B, dtype=dtype, device=DEV) if args.sliding_window else KVCache.full(args, B, dtype=dtype, device=DEV)
     for s in range(0, n_tokens, step):
         n = min(step, n_tokens - s)
         shape = (B, n, args.n_kv_heads, args.head_dim)
@@ -214,7 +227,7 @@ def test_chunk_over_wrapped_buffer(W, chunk):
     B, p0 = 2, 3 * W + 5  # the buffer has wrapped three times
     cache = filled_cache(args, B, p0, torch.float32, seed=W + T)
     q, k, v = qkv(B, T, args.n_heads, args.n_kv_heads, args.head_dim, torch.float32, seed=T)
-    pos = torch.arange(p0, p0 + T)
+    pos = arange(p0, p0 + T)
     before = cache.k[0].clone()
     out = BACKEND.chunk(q, k, v, pos, cache.k[0], cache.v[0], cache.slot_pos[0], W)
     close(out, REF.chunk(q, k, v, pos, cache.k[0], cache.v[0], cache.slot_pos[0], W), torch.float32)
@@ -233,7 +246,7 @@ def test_chunk_partial_and_full_caches(p0, T, W, dtype):
     if W is None:
         cache.reserve(p0 + T)
     q, k, v = qkv(1, T, 8, 2, 32, dtype, seed=p0 + 1)
-    pos = torch.arange(p0, p0 + T)
+    pos = arange(p0, p0 + T)
     out = BACKEND.chunk(q, k, v, pos, cache.k[0], cache.v[0], cache.slot_pos[0], W)
     ref = REF.chunk(q.float(), k.float(), v.float(), pos, cache.k[0].float(), cache.v[0].float(), cache.slot_pos[0], W)
     close(out, ref, dtype)
@@ -244,7 +257,7 @@ def test_chunk_counters_visit_only_visible_cache_positions():
     args = chunk_args(W)
     cache = filled_cache(args, B, p0, torch.float32)
     q, k, v = qkv(B, T, 4, 2, 16, torch.float32)
-    pos = torch.arange(p0, p0 + T)
+    pos = arange(p0, p0 + T)
     with mistral_lab.trace.record() as tr:
         BACKEND.chunk(q, k, v, pos, cache.k[0], cache.v[0], cache.slot_pos[0], W)
     (call,) = tr.kernel_calls
@@ -281,14 +294,14 @@ def test_decode_matches_reference(p, S, W, G, D, dtype, splits):
     K, B = 2, 2
     args = preset("tiny").replace(sliding_window=W, n_heads=G * K, n_kv_heads=K, head_dim=D, n_layers=1)
     if W is None or S != W:
-        cache = KVCache(args, B, S, grow=W is None, dtype=dtype)
+        cache = KVCache(args, B, S, grow=W is None, dtype=dtype, device=DEV)
         g = torch.Generator().manual_seed(p)
         for s in range(p + 1):
             cache.write(0, rand(B, 1, K, D, dtype=dtype, gen=g), rand(B, 1, K, D, dtype=dtype, gen=g), s)
     else:
         cache = filled_cache(args, B, p + 1, dtype, seed=p)
     q = rand(B, 1, G * K, D, dtype=dtype, gen=torch.Generator().manual_seed(1))
-    position = torch.tensor([p])
+    position = torch.tensor([p], device=DEV)
     out = decode_attention.decode_attention(q, cache.k[0], cache.v[0], cache.slot_pos[0], position, W, num_splits=splits)
     ref = REF.decode(q.float(), cache.k[0].float(), cache.v[0].float(), cache.slot_pos[0], position, W)
     close(out, ref, dtype)
@@ -298,17 +311,17 @@ def test_decode_matches_reference(p, S, W, G, D, dtype, splits):
 def test_decode_counters(p, S, W):
     K, G, D, B = 2, 2, 16, 1
     args = preset("tiny").replace(sliding_window=W, n_heads=G * K, n_kv_heads=K, head_dim=D, n_layers=1)
-    cache = KVCache(args, B, S, dtype=torch.float16)
+    cache = KVCache(args, B, S, dtype=torch.float16, device=DEV)
     for s in range(p + 1):
         cache.write(0, rand(B, 1, K, D, dtype=torch.float16), rand(B, 1, K, D, dtype=torch.float16), s)
     q = rand(B, 1, G * K, D, dtype=torch.float16)
     with mistral_lab.trace.record() as tr:
-        BACKEND.decode(q, cache.k[0], cache.v[0], cache.slot_pos[0], torch.tensor([p]), W)
+        BACKEND.decode(q, cache.k[0], cache.v[0], cache.slot_pos[0], torch.tensor([p], device=DEV), W)
     (call,) = tr.kernel_calls
     read = min(p + 1, W, S)  # slots holding a visible position: the only ones read
     assert call.totals["kv_bytes"] == B * K * read * D * 2 * 2
     assert call.totals["skipped"] == B * K * (S - read)
-    assert call.totals["visible_pairs"] == B * G * K * int(mask_for(torch.tensor([p]), cache.slot_pos[0], W).sum())
+    assert call.totals["visible_pairs"] == B * G * K * int(mask_for(torch.tensor([p], device=DEV), cache.slot_pos[0], W).sum())
     assert call.totals["flops"] == B * G * K * 4 * D * read
     first, last = call.per_program["first_pos"][:, 0], call.per_program["last_pos"][:, 0]
     used = first >= 0
@@ -323,7 +336,7 @@ def test_decode_counters(p, S, W):
 def test_cache_write_matches_kvcache(dtype, T, start):
     args = preset("tiny")  # W = 8 slots
     B, K, D = 2, args.n_kv_heads, args.head_dim
-    a, b = KVCache.rolling(args, B, dtype=dtype), KVCache.rolling(args, B, dtype=dtype)
+    a, b = KVCache.rolling(args, B, dtype=dtype, device=DEV), KVCache.rolling(args, B, dtype=dtype, device=DEV)
     g = torch.Generator().manual_seed(T)
     k0, v0 = rand(B, 6, K, D, gen=g), rand(B, 6, K, D, gen=g)
     a.write(1, k0, v0, 0)
@@ -345,8 +358,8 @@ def test_cache_write_matches_kvcache(dtype, T, start):
 @pytest.fixture(scope="module")
 def models():
     torch.manual_seed(0)
-    ref = Transformer(preset("tiny")).eval()
-    tri = Transformer(preset("tiny"), backend="triton").eval()
+    ref = Transformer(preset("tiny")).eval().to(DEV)
+    tri = Transformer(preset("tiny"), backend="triton").eval().to(DEV)
     tri.load_state_dict(ref.state_dict())
     return ref, tri
 
@@ -354,7 +367,7 @@ def models():
 def test_model_prefill_chunks_and_decode(models):
     ref, tri = models
     W = ref.args.sliding_window
-    tokens = torch.randint(0, ref.args.vocab_size, (1, 3 * W + 5), generator=torch.Generator().manual_seed(2))
+    tokens = torch.randint(0, ref.args.vocab_size, (1, 3 * W + 5), generator=torch.Generator().manual_seed(2)).to(DEV)
     with torch.no_grad():
         full = ref(tokens)
         torch.testing.assert_close(tri(tokens), full, **TOL[torch.float32])  # one-shot pre-fill

@@ -291,9 +291,9 @@ def _swa_prefill_kernel(Q, K, V, O, POS, CTR,
 
 
 
-def prefill_launch(q, Kh, block_m, block_n, counter_names):
-    """What both pre-fill launchers set up: head grouping, tile config (with test
-    overrides), output, grid (query blocks x batch*KV heads), counters, dot precision."""
+def prefill_launch(q, Kh, block_m, block_n, counter_names, num_warps=None, num_stages=None):
+    """What both pre-fill launchers set up: head grouping, tile config (with test and
+    tuning overrides), output, grid (query blocks x batch*KV heads), counters, dot precision."""
     B, T, H, D = q.shape
     if H % Kh:
         raise ValueError(f"{H} query heads cannot be grouped over {Kh} key/value heads")
@@ -304,17 +304,23 @@ def prefill_launch(q, Kh, block_m, block_n, counter_names):
         cfg["BLOCK_M"] = block_m
     if block_n is not None:
         cfg["BLOCK_N"] = block_n
+    if num_warps is not None:
+        cfg["num_warps"] = num_warps
+    if num_stages is not None:
+        cfg["num_stages"] = num_stages
     o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     grid = (triton.cdiv(T, cfg["BLOCK_M"]), B * Kh)
     ctr, count = counters.buffer(grid, len(counter_names), q.device)
     dot_f32, precision = dot_settings(q.dtype)
     return G, G_P2, cfg, o, grid, ctr, count, dot_f32, precision
 
-def swa_prefill(q, k, v, positions, window, *, block_m: int | None = None, block_n: int | None = None):
+def swa_prefill(q, k, v, positions, window, *, block_m: int | None = None, block_n: int | None = None,
+                num_warps: int | None = None, num_stages: int | None = None):
     """Sliding-window attention of a whole sequence: the kernel version of ops.attention.
 
     q (B, T, H, D), k and v (B, T, K, D), positions (T,) consecutive; window None = causal.
-    block_m / block_n override the device's tile sizes (tests use them).
+    block_m / block_n / num_warps / num_stages override the device's tile config (tests
+    and scripts/gpu_tune.py use them).
     """
     check_window(window)
     check_consecutive(positions)
@@ -322,7 +328,8 @@ def swa_prefill(q, k, v, positions, window, *, block_m: int | None = None, block
     Kh = k.shape[2]
     out_dtype, elem_bytes = q.dtype, k.element_size()  # bytes counted as a GPU would read them
     q, k, v = prepare(q), prepare(k), prepare(v)
-    G, G_P2, cfg, o, grid, ctr, count, dot_f32, precision = prefill_launch(q, Kh, block_m, block_n, counters.PREFILL)
+    G, G_P2, cfg, o, grid, ctr, count, dot_f32, precision = prefill_launch(
+        q, Kh, block_m, block_n, counters.PREFILL, num_warps, num_stages)
     positions = positions.to(device=q.device, dtype=torch.int64).contiguous()
     _swa_prefill_kernel[grid](
         q, k, v, o, positions, ctr,
