@@ -34,12 +34,20 @@ def cmd_generate(args) -> None:
     prompt_ids = tok.encode(args.prompt)
     stream = StreamDecoder(tok, prompt_ids)  # the prompt as context: the first new token keeps its space
     out = sys.stdout
-    out.write(args.prompt)
+    echoed = False
+
+    def on_token(t: int) -> None:
+        nonlocal echoed
+        if not echoed:  # the prompt is echoed with the first token: a bad setting fails
+            out.write(args.prompt)  # before anything is printed
+            echoed = True
+        out.write(stream.push(t))
+        out.flush()
+
     result = generate(
         model, prompt_ids, args.max_new_tokens,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-        eos_id=tok.eos_id, chunk_size=args.chunk_size,
-        on_token=lambda t: (out.write(stream.push(t)), out.flush()),
+        eos_id=tok.eos_id, chunk_size=args.chunk_size, engine=args.engine, on_token=on_token,
     )
     s = result.stats
     print(f"\n[{s.prompt_tokens} prompt tokens, pre-fill {s.prefill_tokens_per_s:.0f} tok/s; "
@@ -173,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     model_opts(g)
     g.add_argument("--prompt", required=True)
     g.add_argument("--max-new-tokens", type=_positive, default=200)
+    g.add_argument("--engine", default="auto", choices=["auto", "model", "fast", "fast-fp16"],
+                   help="what runs each decode step (default: the lean CPU step where it applies)")
     g.add_argument("--temperature", type=float, default=0.8)
     g.add_argument("--top-k", type=_positive, default=None)
     g.add_argument("--top-p", type=float, default=0.95)
@@ -220,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--model", default=None)
     b.add_argument("--out", default=None, help="write results as JSON here")
     b.add_argument("--tokens", type=_positive, default=200)
-    b.add_argument("--repeats", type=_positive, default=3)
+    b.add_argument("--repeats", type=_positive, default=5)
     b.set_defaults(func=cmd_bench)
     return p
 

@@ -45,11 +45,16 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_decode(model_path=None, new_tokens: int = 200, repeats: int = 3, prompt: str = "ROMEO.") -> dict:
-    """Greedy decode of `new_tokens` after a short prompt, ours vs HF generate on the same weights.
+def cpu_decode(model_path=None, new_tokens: int = 200, repeats: int = 5, prompt: str = "ROMEO.") -> dict:
+    """Greedy decode of `new_tokens` after a short prompt: ours against HF generate on the
+    same weights, in the same process, round-robin (each repeat runs every contender once,
+    so drifts of a shared machine hit all alike); each figure is the median over repeats
+    after one warm-up.
 
-    Both run in fp32 on the CPU with the same thread count; each figure is the median of
-    `repeats` runs after one warm-up. The greedy tokens of both must agree.
+    Contenders. Ours: engine="model" (the readable Transformer.forward), "fast" (the
+    lean step, fp32) and "fast-fp16" (fp16 weight matrices, the checkpoint's own dtype).
+    Hugging Face MistralForCausalLM from the same weights saved in its layout: loaded as
+    fp32, and loaded the default way, which for this fp16 checkpoint is fp16.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -62,41 +67,73 @@ def cpu_decode(model_path=None, new_tokens: int = 200, repeats: int = 3, prompt:
     tok = weights.load_tokenizer(model_path)
     ids = tok.encode(prompt)
     with tempfile.TemporaryDirectory() as tmp:
-        weights.save_hf(model, tmp)
-        hf = MistralForCausalLM.from_pretrained(tmp, local_files_only=True, torch_dtype=torch.float32).eval()
+        weights.save_hf(weights.load(model_path, dtype=torch.float16), tmp)
+        hf = {"transformers_fp32": MistralForCausalLM.from_pretrained(tmp, local_files_only=True,
+                                                                      dtype=torch.float32).eval(),
+              "transformers_default": MistralForCausalLM.from_pretrained(tmp, local_files_only=True).eval()}
+    hf_dtype = str(next(hf["transformers_default"].parameters()).dtype).replace("torch.", "")
 
-    def ours():
-        t = time.perf_counter()
-        g = generate(model, ids, new_tokens)
-        return time.perf_counter() - t, g.new_tokens
+    def ours(engine):
+        def run():
+            t = time.perf_counter()
+            g = generate(model, ids, new_tokens, engine=engine)
+            return time.perf_counter() - t, g.new_tokens
+        return run
 
-    @torch.inference_mode()
-    def theirs():
-        x = torch.tensor([ids])
-        t = time.perf_counter()
-        out = hf.generate(x, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                          pad_token_id=tok.eos_id)
-        return time.perf_counter() - t, out[0, len(ids):].tolist()
+    def theirs(m):
+        @torch.inference_mode()
+        def run():
+            x = torch.tensor([ids])
+            t = time.perf_counter()
+            out = m.generate(x, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                             pad_token_id=tok.eos_id)
+            return time.perf_counter() - t, out[0, len(ids):].tolist()
+        return run
 
-    results = {}
-    for name, fn in (("mistral_lab", ours), ("transformers", theirs)):
+    contenders = {"mistral_lab_model": ours("model"), "mistral_lab_fast": ours("fast"),
+                  "mistral_lab_fast_fp16": ours("fast-fp16"),
+                  **{name: theirs(m) for name, m in hf.items()}}
+    runs = {name: [] for name in contenders}
+    for name, fn in contenders.items():
         fn()  # warm-up
-        runs = [fn() for _ in range(repeats)]
-        results[name] = {"seconds": [round(s, 4) for s, _ in runs],
-                         "tokens_per_s": round(new_tokens / statistics.median(s for s, _ in runs), 1),
-                         "tokens": runs[0][1]}
-    same = results["mistral_lab"]["tokens"] == results["transformers"]["tokens"]
-    for r in results.values():
-        del r["tokens"]
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            runs[name].append(fn())
+    results = {}
+    for name, rs in runs.items():
+        results[name] = {"seconds": [round(s, 4) for s, _ in rs],
+                         "tokens_per_s": round(new_tokens / statistics.median(s for s, _ in rs), 1)}
+    tokens = {name: rs[0][1] for name, rs in runs.items()}
+
+    def agree(a, b):  # the greedy tokens two contenders share before they first differ
+        n = next((i for i, (x, y) in enumerate(zip(tokens[a], tokens[b])) if x != y), new_tokens)
+        return n
+
+    def ratio(a, b):
+        return round(results[a]["tokens_per_s"] / results[b]["tokens_per_s"], 2)
+
     return {
         "benchmark": "cpu-decode",
-        "what": f"greedy generation of {new_tokens} tokens after a {len(ids)}-token prompt, batch 1, fp32, "
-                f"wall time including the prompt's pre-fill; median of {repeats} runs after a warm-up",
+        "what": f"greedy generation of {new_tokens} tokens after a {len(ids)}-token prompt, batch 1, wall time "
+                f"including the prompt's pre-fill; median of {repeats} round-robin runs after a warm-up",
         "model": {"path": str(model_path or weights.default_model_path()), "params": model.args.n_params(),
                   "args": model.args.to_dict()},
+        "transformers_default_dtype": hf_dtype,
         "results": results,
-        "speedup": round(results["mistral_lab"]["tokens_per_s"] / results["transformers"]["tokens_per_s"], 2),
-        "same_tokens": same,
+        "speedups": {
+            "fast_fp32 / transformers_fp32 (same precision)": ratio("mistral_lab_fast", "transformers_fp32"),
+            f"fast_fp16 / transformers_default ({hf_dtype} weights both)": ratio("mistral_lab_fast_fp16",
+                                                                                "transformers_default"),
+            "fast_fp16 / transformers_fp32": ratio("mistral_lab_fast_fp16", "transformers_fp32"),
+            "fast_fp32 / mistral_lab_model": ratio("mistral_lab_fast", "mistral_lab_model"),
+        },
+        "same_greedy_tokens_of": {
+            "fast_fp32 vs transformers_fp32": agree("mistral_lab_fast", "transformers_fp32"),
+            "fast_fp32 vs mistral_lab_model": agree("mistral_lab_fast", "mistral_lab_model"),
+            "fast_fp16 vs transformers_default": agree("mistral_lab_fast_fp16", "transformers_default"),
+            "fast_fp16 vs fast_fp32": agree("mistral_lab_fast_fp16", "mistral_lab_fast"),
+            "out_of": new_tokens,
+        },
         "environment": environment("cpu"),
     }
 
@@ -107,9 +144,12 @@ def main(args) -> None:
         r = report["results"]
         print(f"decode, {report['model']['params'] / 1e6:.1f}M parameters, {report['environment']['device']}, "
               f"{report['environment']['threads']} threads")
-        print(f"  mistral_lab   {r['mistral_lab']['tokens_per_s']:8.1f} tokens/s")
-        print(f"  transformers  {r['transformers']['tokens_per_s']:8.1f} tokens/s")
-        print(f"  speedup       {report['speedup']:8.2f}x   (same greedy tokens: {report['same_tokens']})")
+        for name, res in r.items():
+            print(f"  {name:24} {res['tokens_per_s']:8.1f} tokens/s")
+        for name, x in report["speedups"].items():
+            print(f"  {x:6.2f}x  {name}")
+        same = report["same_greedy_tokens_of"]
+        print("  same greedy tokens: " + ", ".join(f"{k} {v}/{same['out_of']}" for k, v in same.items() if k != "out_of"))
     else:
         from .kernels import bench as kbench
 

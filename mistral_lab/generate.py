@@ -134,6 +134,24 @@ def _as_batch(tokens, model: Transformer) -> torch.Tensor:
     return ids
 
 
+ENGINES = ("auto", "model", "fast", "fast-fp16")
+
+
+def _decode_step(model: Transformer, cache: KVCache, engine: str):
+    """The packed decode step for this engine, or None for Transformer.forward."""
+    from .fast_decode import DecodeStep, decode_step
+
+    if engine == "model":
+        return None
+    ok = DecodeStep.supports(model, cache)
+    if engine == "auto":
+        return decode_step(model) if ok else None
+    if not ok:
+        raise ValueError(f"engine={engine!r} runs one sequence on the CPU with the torch backend over a rolling "
+                         f"buffer of W slots or a full cache, outside trace.record(): use engine='model' here")
+    return decode_step(model, "fp16" if engine == "fast-fp16" else "fp32")
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -153,21 +171,31 @@ def generate(
     chunk_size: int | None = None,
     cache: KVCache | None = None,
     on_token: Callable[[int], None] | None = None,
+    engine: str = "auto",
 ) -> Generation:
     """Generate up to max_new_tokens after `prompt` (a list of token ids).
 
     Stops early at `eos_id` (the EOS token is kept in new_tokens). `on_token` is called
     with each new token as it is produced (for streaming). With the default rolling
     buffer the generation can run to any length in constant cache memory.
+
+    engine picks what runs each decode step (the pre-fill is always the model):
+    "model" is Transformer.forward; "fast" is fast_decode.DecodeStep, the same function
+    in far fewer operations (one sequence on the CPU, torch backend); "fast-fp16" is
+    that step with fp16 weight matrices; "auto" takes "fast" where it applies (and not
+    inside trace.record(), which records what the model does), else "model".
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
     _check_chunk_size(chunk_size)
     ids = _as_batch(prompt, model)
     if ids.shape[0] != 1:
         raise ValueError("generate() takes one prompt (a list of token ids)")
     sample(torch.zeros(1, 2), temperature, top_k, top_p)  # validate the sampling settings up front
     cache = cache if cache is not None else model.new_cache()
+    step = _decode_step(model, cache, engine)
     generator = None
     if seed is not None:
         generator = torch.Generator(device=ids.device).manual_seed(seed)
@@ -191,7 +219,7 @@ def generate(
             break
         if len(new) == max_new_tokens:
             break
-        logits = model(token[:, None], cache)[:, -1]
+        logits = model(token[:, None], cache)[:, -1] if step is None else step(tok, cache)
     _sync(ids.device)
     t2 = time.perf_counter()
     stats = GenerationStats(ids.shape[1], len(new), t1 - t0, t2 - t1)
