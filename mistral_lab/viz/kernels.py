@@ -114,3 +114,28 @@ def prefill_bench_figure(rows: list[dict], title: str) -> go.Figure:
 
 def peer_rows() -> list[dict]:
     return [dict(N=n, impl=impl, ms=ms) for n, d in PEER_H100_PREFILL_MS.items() for impl, ms in d.items()]
+
+
+def benchmark_summary(rows: list[dict]) -> str:
+    """The committed GPU timings as text: pre-fill ms per N and implementation, with the
+    speedup of the window kernel over causal flash (SDPA), then the decode step."""
+    lines = []
+    pre = [r for r in rows if r.get("kind") == "prefill"]
+    if pre:
+        impls = list(dict.fromkeys(r["impl"] for r in pre))
+        lines.append(f"pre-fill, {pre[0]['device']}, {pre[0]['dtype']}, W={pre[0]['window']}, "
+                     f"{pre[0]['heads']}/{pre[0]['kv_heads']} heads, head_dim {pre[0]['head_dim']} (ms)")
+        lines.append(f"{'N':>6} " + " ".join(f"{i:>16}" for i in impls) + "   causal/ours")
+        for n in sorted({r["N"] for r in pre}):
+            by = {r["impl"]: r["ms"] for r in pre if r["N"] == n}
+            cells = " ".join(f"{by[i]:16.3f}" if by.get(i) is not None else f"{'-':>16}" for i in impls)
+            ratio = by.get("sdpa_causal", float("nan")) / by["triton_swa"] if "triton_swa" in by else float("nan")
+            lines.append(f"{n:>6} {cells}   {ratio:10.2f}x")
+    dec = [r for r in rows if r.get("kind") == "decode"]
+    if dec:
+        lines.append("")
+        lines.append(f"decode, one step at position N-1 ({dec[0].get('timing', 'eager')} timing, microseconds)")
+        for r in dec:
+            lines.append(f"{r['N']:>6} {r['impl']:>24} {1000 * r['ms']:8.1f} us  "
+                         f"{r['gbps_min_bytes']:7.0f} GB/s of the fewest bytes")
+    return "\n".join(lines)
