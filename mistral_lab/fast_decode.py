@@ -17,8 +17,9 @@ per op, about 250 ops in the readable model. This step:
 
 weights="fp16" keeps the matrices in fp16 (the shipped checkpoint's own dtype, so
 the same numbers): half the bytes to stream; inputs are rounded to fp16 before each
-product and outputs come back in fp16 (fp32 accumulation inside), while the residual
-stream, norms, RoPE and attention stay fp32. It is close to, not equal to, fp32.
+product and outputs come back in fp16 (fp32 accumulation inside; SwiGLU's gate runs on
+those fp16 outputs), while the residual stream, norms, RoPE and attention stay fp32.
+It is close to, not equal to, fp32.
 
 The readable model stays the reference: tests/test_fast_decode.py checks this step
 against it at every position through several wraps of the buffer.
@@ -66,13 +67,12 @@ class DecodeStep:
         return w.half().contiguous() if self.fp16 else w.float().t().contiguous()
 
     def _matmul(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        if self.fp16:
-            return F.linear(x.half(), w).float()
-        return x @ w
+        """x W, in the matrices' dtype (fp16 products come back in fp16)."""
+        return F.linear(x.half(), w) if self.fp16 else x @ w
 
     def _add_matmul(self, h: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """h + x W (the residual add folded into the product in fp32)."""
-        return h + F.linear(x.half(), w).float() if self.fp16 else torch.addmm(h, x, w)
+        """h + x W into the fp32 residual stream (fp32: folded into one addmm)."""
+        return h + F.linear(x.half(), w) if self.fp16 else torch.addmm(h, x, w)
 
     @staticmethod
     def supports(model, cache: KVCache) -> bool:
@@ -95,23 +95,24 @@ class DecodeStep:
         else:  # the rolling buffer: every filled slot is inside the window
             slot, lo, hi = pos % S, 0, min(pos + 1, S)
         rope = ops.rope_frequencies(torch.tensor([pos]), D, a.rope_theta)[0]  # (D/2,) complex
+        # one factor per rotated row: q rows also carry the softmax scale 1/sqrt(D)
+        rope = torch.cat(((rope * self.scale).expand(H, -1), rope.expand(K, -1)))  # (H + K, D/2)
         cache.slot_pos[:, slot] = pos
         h = self.embedding[token:token + 1]  # (1, dim)
         for i, (an, ae, wqkv, wo, fn, fe, w13, w2) in enumerate(self.layers):
-            qkv = self._matmul(F.rms_norm(h, an.shape, an, ae), wqkv)[0]  # ((H + 2K) D,)
+            qkv = self._matmul(F.rms_norm(h, an.shape, an, ae), wqkv)[0].float()  # ((H + 2K) D,)
             qk = torch.view_as_complex(qkv[:self.n_qk].view(H + K, D // 2, 2)) * rope
             qk = torch.view_as_real(qk).view(H + K, D)
             ck, cv = cache.k[i, 0], cache.v[i, 0]  # (S, K, D)
             ck[slot] = qk[H:]
             cv[slot] = qkv[self.n_qk:].view(K, D)
-            scores = torch.matmul(qk[:H].view(K, G, D), ck[lo:hi].permute(1, 2, 0)) * self.scale  # (K, G, n)
+            scores = torch.matmul(qk[:H].view(K, G, D), ck[lo:hi].permute(1, 2, 0))  # (K, G, n), scaled
             out = torch.matmul(torch.softmax(scores, dim=-1), cv[lo:hi].transpose(0, 1))  # (K, G, D)
             h = self._add_matmul(h, out.view(1, H * D), wo)
-            x = F.rms_norm(h, fn.shape, fn, fe)
-            gu = self._matmul(x, w13)
+            gu = self._matmul(F.rms_norm(h, fn.shape, fn, fe), w13)  # [gate | up]
             h = self._add_matmul(h, F.silu(gu[:, :a.hidden_dim]) * gu[:, a.hidden_dim:], w2)
         cache.advance(1)
-        return self._matmul(F.rms_norm(h, self.norm[0].shape, *self.norm), self.output)  # (1, vocab)
+        return self._matmul(F.rms_norm(h, self.norm[0].shape, *self.norm), self.output).float()  # (1, vocab)
 
 
 _STEPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
