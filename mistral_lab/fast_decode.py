@@ -76,11 +76,13 @@ class DecodeStep:
 
     @staticmethod
     def supports(model, cache: KVCache) -> bool:
-        """One sequence on the CPU, torch backend, a rolling buffer of exactly W slots or a
+        """One sequence on the CPU, torch backend, an fp32 model and cache (the step's
+        attention and residual stream are fp32), a rolling buffer of exactly W slots or a
         full cache; no trace recording (the readable path records every write)."""
         W = model.args.sliding_window
         layout_ok = cache.grow or (W is not None and cache.capacity == W)
-        return (cache.batch_size == 1 and cache.k.device.type == "cpu" and model.backend == "torch"
+        fp32 = cache.k.dtype == torch.float32 and model.tok_embeddings.weight.dtype == torch.float32
+        return (cache.batch_size == 1 and cache.k.device.type == "cpu" and model.backend == "torch" and fp32
                 and layout_ok and trace.active() is None and not torch.is_grad_enabled())
 
     def __call__(self, token: int, cache: KVCache) -> torch.Tensor:

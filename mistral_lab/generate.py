@@ -147,8 +147,9 @@ def _decode_step(model: Transformer, cache: KVCache, engine: str):
     if engine == "auto":
         return decode_step(model) if ok else None
     if not ok:
-        raise ValueError(f"engine={engine!r} runs one sequence on the CPU with the torch backend over a rolling "
-                         f"buffer of W slots or a full cache, outside trace.record(): use engine='model' here")
+        raise ValueError(f"engine={engine!r} runs one sequence of an fp32 model on the CPU with the torch backend, "
+                         f"over a rolling buffer of W slots or a full cache, outside trace.record(): "
+                         f"use engine='model' here")
     return decode_step(model, "fp16" if engine == "fast-fp16" else "fp32")
 
 

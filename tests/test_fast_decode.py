@@ -39,6 +39,17 @@ def test_step_equals_model_through_wraps(model, full, weights, tol):
             torch.testing.assert_close(b.v, a.v, atol=tol, rtol=tol)
 
 
+def test_full_attention_model():
+    """No window (v0.2-style config): a growing full cache, every past position visible."""
+    torch.manual_seed(4)
+    m = Transformer(preset("tiny").replace(n_layers=2, sliding_window=None)).eval()
+    ids = list(range(1, 40))
+    with torch.inference_mode():
+        assert DecodeStep.supports(m, m.new_cache())
+    a, b = generate(m, ids[:3], 36, engine="model"), generate(m, ids[:3], 36, engine="fast")
+    assert a.new_tokens == b.new_tokens and max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-4
+
+
 def test_full_cache_of_a_windowed_model_reads_only_the_window(model):
     """A growing full cache keeps every position; the step must still attend to the last W."""
     W = model.args.sliding_window
@@ -77,6 +88,10 @@ def test_auto_falls_back_to_the_model_where_the_step_does_not_apply(model):
         assert DecodeStep.supports(model, small) and not DecodeStep.supports(model, big)
         assert not DecodeStep.supports(model, model.new_cache(batch_size=2))
     assert not DecodeStep.supports(model, small)  # grad mode on: the step is inference only
+    bf16 = Transformer(model.args).eval().to(torch.bfloat16)  # a bf16 model runs the readable path
+    assert len(generate(bf16, prompt, 4).new_tokens) == 4
+    with pytest.raises(ValueError, match="fp32 model"):
+        generate(bf16, prompt, 4, engine="fast")
     assert generate(model, prompt, 4, cache=big).new_tokens == generate(model, prompt, 4, engine="model").new_tokens
 
 
