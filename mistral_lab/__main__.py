@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a small Mistral-architecture model on Shakespeare")
     t.add_argument("--out", required=True, help="output directory for the model, tokenizer and loss log")
     t.add_argument("--preset", default="shakespeare")
-    t.add_argument("--steps", type=_positive, default=2000)
+    t.add_argument("--steps", type=_positive, default=1000, help="optimizer steps (the shipped model: 1000)")
     t.add_argument("--batch-size", type=_positive, default=8)
     t.add_argument("--seq-len", type=_positive, default=512)
     t.add_argument("--lr", type=float, default=1e-3)

@@ -1,6 +1,6 @@
 """Train a small model with exactly Mistral's architecture (only ModelArgs differ).
 
-    python -m mistral_lab train --out assets/model            # the shipped model
+    python -m mistral_lab train --out runs/shakespeare --device cuda   # the shipped model's recipe
     python -m mistral_lab train --preset tiny --steps 5 ...   # a smoke run
 
 Seeded end to end (data order, initialization); random crops of seq_len + 1 tokens
@@ -26,7 +26,7 @@ from .model import Transformer
 
 @dataclass
 class TrainConfig:
-    steps: int = 2000
+    steps: int = 1000  # the shipped model's recipe
     batch_size: int = 8
     seq_len: int = 512
     lr: float = 1e-3
