@@ -106,8 +106,7 @@ def cpu_decode(model_path=None, new_tokens: int = 200, repeats: int = 5, prompt:
     tokens = {name: rs[0][1] for name, rs in runs.items()}
 
     def agree(a, b):  # the greedy tokens two contenders share before they first differ
-        n = next((i for i, (x, y) in enumerate(zip(tokens[a], tokens[b])) if x != y), new_tokens)
-        return n
+        return next((i for i, (x, y) in enumerate(zip(tokens[a], tokens[b])) if x != y), new_tokens)
 
     def ratio(a, b):
         return round(results[a]["tokens_per_s"] / results[b]["tokens_per_s"], 2)

@@ -49,13 +49,7 @@ def main(n=16384, window=4096, H=32, K=8, D=128):
 
 def decode(S=4096, H=32, K=8, D=128):
     n = 9000  # wrapped: every slot holds a visible position
-    held = torch.arange(n - S, n, device="cuda")
-    ck = torch.empty(1, S, K, D, device="cuda", dtype=torch.bfloat16)
-    cv = torch.empty_like(ck)
-    ck[:, held % S] = torch.randn(1, S, K, D, device="cuda", dtype=torch.bfloat16)
-    cv[:, held % S] = torch.randn(1, S, K, D, device="cuda", dtype=torch.bfloat16)
-    cpos = torch.empty(S, dtype=torch.long, device="cuda")
-    cpos[held % S] = held
+    ck, cv, cpos = bench.rolling_buffer(n, S, K, D, torch.bfloat16)
     q = torch.randn(1, 1, H, D, device="cuda", dtype=torch.bfloat16)
     position = torch.tensor([n - 1], device="cuda")
     ref = TorchBackend().decode(q.double(), ck.double(), cv.double(), cpos, position, S)

@@ -407,6 +407,14 @@ def test_bench_counts_visible_pairs():
     assert bench.decode_flops(32768, 4096, 32, 128) == 4 * 32 * 128 * 4096
 
 
+def test_bench_rolling_buffer_layout():
+    """The benchmarks' buffers: slot = position mod S, -1 and zeros where nothing was written."""
+    ck, cv, cpos = bench.rolling_buffer(10, 4, 2, 8, torch.float16, device="cpu")
+    assert cpos.tolist() == [8, 9, 6, 7] and ck.shape == cv.shape == (1, 4, 2, 8) and ck.dtype == torch.float16
+    ck, cv, cpos = bench.rolling_buffer(2, 4, 2, 8, torch.float32, device="cpu")
+    assert cpos.tolist() == [0, 1, -1, -1] and not ck[:, 2:].any() and ck[:, :2].all() and cv[:, :2].all()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
 def test_bench_without_gpu_says_so():
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):

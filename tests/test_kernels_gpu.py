@@ -16,10 +16,9 @@ if not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
 import mistral_lab  # noqa: E402
 from mistral_lab import ops  # noqa: E402
 from mistral_lab.backends import TorchBackend  # noqa: E402
-from mistral_lab.cache import KVCache  # noqa: E402
-from mistral_lab.config import preset  # noqa: E402
 from mistral_lab.generate import generate  # noqa: E402
 from mistral_lab.kernels import triton_backend  # noqa: E402
+from mistral_lab.kernels.bench import rolling_buffer  # noqa: E402
 
 TRI, REF = triton_backend(), TorchBackend()
 DEV = "cuda"
@@ -51,17 +50,11 @@ def test_prefill_7b_shapes(T, W, dtype):
 def test_chunk_7b_shapes_bf16(p0, T):
     """A chunk over a wrapped 4096-slot buffer, read in place."""
     W, K, D = 4096, 8, 128
-    args = preset("mistral-7b-v0.1").replace(n_layers=1)
-    cache = KVCache.rolling(args, 1, dtype=torch.bfloat16, device=DEV)
-    held = torch.arange(max(0, p0 - W), p0, device=DEV)
-    cache.k[0, :, held % W] = torch.randn(1, held.numel(), K, D, device=DEV, dtype=torch.bfloat16)
-    cache.v[0, :, held % W] = torch.randn(1, held.numel(), K, D, device=DEV, dtype=torch.bfloat16)
-    cache.slot_pos[0, held % W] = held
+    ck, cv, cpos = rolling_buffer(p0, W, K, D, torch.bfloat16)
     q, k, v = qkv(1, T, 32, K, D, torch.bfloat16)
     pos = torch.arange(p0, p0 + T, device=DEV)
-    out = TRI.chunk(q, k, v, pos, cache.k[0], cache.v[0], cache.slot_pos[0], W)
-    ref = REF.chunk(q.float(), k.float(), v.float(), pos, cache.k[0].float(), cache.v[0].float(),
-                    cache.slot_pos[0], W)
+    out = TRI.chunk(q, k, v, pos, ck, cv, cpos, W)
+    ref = REF.chunk(q.float(), k.float(), v.float(), pos, ck.float(), cv.float(), cpos, W)
     assert rel_err(out, ref) < REL[torch.bfloat16]
 
 
@@ -70,13 +63,7 @@ def test_chunk_7b_shapes_bf16(p0, T):
 def test_decode_7b_shapes(n, dtype):
     """One query at position n - 1 over the rolling buffer (4096 slots, slot = pos mod 4096)."""
     W, S = 4096, 4096
-    held = torch.arange(max(0, n - S), n, device=DEV)
-    ck = torch.zeros(1, S, 8, 128, device=DEV, dtype=dtype)
-    cv = torch.zeros(1, S, 8, 128, device=DEV, dtype=dtype)
-    ck[:, held % S] = torch.randn(1, held.numel(), 8, 128, device=DEV, dtype=dtype)
-    cv[:, held % S] = torch.randn(1, held.numel(), 8, 128, device=DEV, dtype=dtype)
-    cpos = torch.full((S,), -1, dtype=torch.long, device=DEV)
-    cpos[held % S] = held
+    ck, cv, cpos = rolling_buffer(n, S, 8, 128, dtype)
     q = torch.randn(1, 1, 32, 128, device=DEV, dtype=dtype)
     position = torch.tensor([n - 1], device=DEV)
     out = TRI.decode(q, ck, cv, cpos, position, W)

@@ -44,6 +44,23 @@ def decode_flops(n: int, window: int | None, heads: int, head_dim: int, batch: i
     return 4 * batch * heads * head_dim * (n if window is None else min(n, window))
 
 
+def rolling_buffer(n: int, slots: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
+                   device="cuda", batch: int = 1):
+    """A rolling buffer after n tokens: random keys and values for positions
+    max(0, n - slots) .. n - 1 in slot = position mod slots, zeros and position -1 in the
+    slots not yet written. Returns cache_k, cache_v (batch, slots, K, D) and cache_pos (slots,)."""
+    held = torch.arange(max(0, n - slots), n, device=device)
+    slot = held % slots
+    shape = (batch, held.numel(), kv_heads, head_dim)
+    ck = torch.zeros(batch, slots, kv_heads, head_dim, device=device, dtype=dtype)
+    cv = torch.zeros_like(ck)
+    ck[:, slot] = torch.randn(shape, device=device).to(dtype)
+    cv[:, slot] = torch.randn(shape, device=device).to(dtype)
+    cache_pos = torch.full((slots,), -1, dtype=torch.long, device=device)
+    cache_pos[slot] = held
+    return ck, cv, cache_pos
+
+
 def _require_cuda() -> None:
     if not torch.cuda.is_available():
         raise RuntimeError("mistral_lab.kernels.bench needs a CUDA GPU (timings in Triton's interpreter mean nothing)")
@@ -147,11 +164,7 @@ def bench_decode(n_list=(4096, 32768), window: int | None = 4096, heads: int = 3
         S = n if window is None else min(window, n)  # the rolling buffer after n tokens
         p = n - 1
         q = torch.randn(batch, 1, heads, head_dim, device="cuda", dtype=dtype)
-        ck = torch.randn(batch, S, kv_heads, head_dim, device="cuda", dtype=dtype)
-        cv = torch.randn(batch, S, kv_heads, head_dim, device="cuda", dtype=dtype)
-        held = torch.arange(n - S, n, device="cuda")
-        cache_pos = torch.empty(S, dtype=torch.long, device="cuda")
-        cache_pos[held % S] = held  # slot = position mod S
+        ck, cv, cache_pos = rolling_buffer(n, S, kv_heads, head_dim, dtype, batch=batch)  # every slot filled
         position = torch.tensor([p], device="cuda")
         fk = torch.randn(batch, kv_heads, n, head_dim, device="cuda", dtype=dtype)  # a full cache
         fv = torch.randn(batch, kv_heads, n, head_dim, device="cuda", dtype=dtype)
@@ -240,5 +253,5 @@ def main(args) -> dict:
     return report(rows)
 
 
-__all__ = ["attention_flops", "bench_attention", "bench_decode", "decode_flops", "main", "report", "visible_pairs",
-           "write_json"]
+__all__ = ["attention_flops", "bench_attention", "bench_decode", "decode_flops", "main", "report", "rolling_buffer",
+           "visible_pairs", "write_json"]

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from . import counters
-from .swa_attention import (LOG2E, _attend_tile, _attend_window, _load_query_rows, _store_rows,
+from .swa_attention import (LOG2E, _attend_tile, _attend_window, _empty_state, _load_query_rows, _store_rows,
                             check_consecutive, check_window, prefill_launch, prepare)
 
 
@@ -53,13 +53,7 @@ def _chunk_attention_kernel(Q, K, V, CK, CV, CPOS, POS, O, CTR,
     q, q_pos, t, g, row_ok = _load_query_rows(Q, POS, b, kh, stride_qb, stride_qt, stride_qh, T, m0,
                                               GROUP, GROUP_P2, HEAD_DIM, BLOCK_D, BLOCK_M, DOT_F32)
     ROWS: tl.constexpr = BLOCK_M * GROUP_P2
-    acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
-    m_i = tl.full([ROWS], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([ROWS], dtype=tl.float32)
-    n_tiles = tl.zeros([], dtype=tl.int64)
-    kv_bytes = tl.zeros([], dtype=tl.int64)
-    flops = tl.zeros([], dtype=tl.int64)
-    n_visible = tl.zeros([], dtype=tl.int64)
+    acc, m_i, l_i, n_tiles, kv_bytes, flops, n_visible = _empty_state(ROWS, BLOCK_D)
     n_rows = ((m1 - m0 + 1) * GROUP).to(tl.int64)
     d = tl.arange(0, BLOCK_D)
     d_ok = d < HEAD_DIM

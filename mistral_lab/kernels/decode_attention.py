@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from . import counters
-from .swa_attention import LOG2E, _attend_tile, check_window, dot_settings, interpreting, prepare
+from .swa_attention import LOG2E, _attend_tile, _empty_state, check_window, dot_settings, interpreting, prepare
 
 
 @triton.jit
@@ -67,13 +67,7 @@ def _decode_split_kernel(Q, CK, CV, CPOS, POS, MID_O, MID_ML, CTR,
     start = lo + split * per_split
     end = tl.minimum(start + per_split, p + 1)
 
-    acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
-    m_i = tl.full([ROWS], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([ROWS], dtype=tl.float32)
-    n_tiles = tl.zeros([], dtype=tl.int64)
-    kv_bytes = tl.zeros([], dtype=tl.int64)
-    flops = tl.zeros([], dtype=tl.int64)
-    n_visible = tl.zeros([], dtype=tl.int64)
+    acc, m_i, l_i, n_tiles, kv_bytes, flops, n_visible = _empty_state(ROWS, BLOCK_D)
     CK_ptr = CK + b.to(tl.int64) * stride_ckb + kh * stride_ckh
     CV_ptr = CV + b.to(tl.int64) * stride_cvb + kh * stride_cvh
     for s0 in range(start, end, BLOCK_N):

@@ -99,6 +99,17 @@ def check_consecutive(positions: torch.Tensor) -> None:
 # ---------------------------------------------------------------------------------
 
 @triton.jit
+def _empty_state(ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The online softmax before any key (acc = 0, max = -inf, sum = 0) and the four
+    counters at zero: acc, m_i, l_i, n_tiles, kv_bytes, flops, n_visible."""
+    acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
+    m_i = tl.full([ROWS], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([ROWS], dtype=tl.float32)
+    zero = tl.zeros([], dtype=tl.int64)
+    return acc, m_i, l_i, zero, zero, zero, zero
+
+
+@triton.jit
 def _attend_tile(acc, m_i, l_i, q, k, v, mask, qk_scale,
                  MASKED: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
     """One step of the online softmax: fold a (BLOCK_N, D) key/value tile into the state.
@@ -261,13 +272,7 @@ def _swa_prefill_kernel(Q, K, V, O, POS, CTR,
     q, q_pos, t, g, row_ok = _load_query_rows(Q, POS, b, kh, stride_qb, stride_qt, stride_qh, T, m0,
                                               GROUP, GROUP_P2, HEAD_DIM, BLOCK_D, BLOCK_M, DOT_F32)
     ROWS: tl.constexpr = BLOCK_M * GROUP_P2
-    acc = tl.zeros([ROWS, BLOCK_D], dtype=tl.float32)
-    m_i = tl.full([ROWS], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([ROWS], dtype=tl.float32)
-    n_tiles = tl.zeros([], dtype=tl.int64)
-    kv_bytes = tl.zeros([], dtype=tl.int64)
-    flops = tl.zeros([], dtype=tl.int64)
-    n_visible = tl.zeros([], dtype=tl.int64)
+    acc, m_i, l_i, n_tiles, kv_bytes, flops, n_visible = _empty_state(ROWS, BLOCK_D)
     n_rows = ((m1 - m0 + 1) * GROUP).to(tl.int64)
 
     K_ptr = K + b.to(tl.int64) * stride_kb + kh * stride_kh
