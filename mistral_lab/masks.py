@@ -38,8 +38,10 @@ def window_mask(n: int, window: int | None, device=None) -> torch.Tensor:
 
 
 def mask_for(q_pos: torch.Tensor, kv_pos: torch.Tensor, window: int | None) -> torch.Tensor:
-    """(Tq, Tk) boolean mask for explicit query and key positions (e.g. cache slots)."""
-    return visible(q_pos[:, None], kv_pos[None, :], window)
+    """Boolean mask for explicit query and key positions (e.g. cache slots): (Tq, Tk) from
+    q_pos (Tq,) and kv_pos (Tk,); (B, Tq, Tk) when either carries a batch dimension
+    (each sequence of a ragged batch has its own positions; -1 marks padding)."""
+    return visible(q_pos[..., :, None], kv_pos[..., None, :], window)
 
 
 def paper_window_mask(n: int, window: int, device=None) -> torch.Tensor:
@@ -50,3 +52,11 @@ def paper_window_mask(n: int, window: int, device=None) -> torch.Tensor:
 def receptive_field(n_layers: int, window: int) -> int:
     """How many positions back the last layer's output can depend on: n_layers * (W - 1)."""
     return n_layers * (window - 1)
+
+
+def visible_pairs(n: int, window: int | None) -> int:
+    """(query, key) pairs of a length-n sequence that `visible` allows: sum over p of
+    min(p + 1, W) -- n(n+1)/2 causal, about n * W with a window. The work of attention."""
+    if window is None or window >= n:
+        return n * (n + 1) // 2
+    return window * (window + 1) // 2 + (n - window) * window
