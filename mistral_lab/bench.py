@@ -1,4 +1,5 @@
-"""Benchmarks whose results are committed to benchmarks/ (JSON with device, versions, date).
+"""Benchmarks whose results are committed to benchmarks/ (JSON with files.environment():
+date, versions, CPU/GPU, threads), each written whole by files.atomic_write_json.
 
     python -m mistral_lab bench cpu-decode     decode tokens/s: mistral_lab vs Hugging Face
                                                transformers, same weights, same machine, same run
@@ -7,42 +8,13 @@
 """
 from __future__ import annotations
 
-import json
 import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-
-def environment(device: str = "cpu") -> dict:
-    import torch
-
-    info = {"date": time.strftime("%Y-%m-%d"), "python": platform.python_version(), "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
-    if device == "cpu":
-        info["device"] = _cpu_name()
-        info["cores"] = os.cpu_count()
-    else:
-        info["device"] = torch.cuda.get_device_name()
-    try:
-        import transformers
-
-        info["transformers"] = transformers.__version__
-    except ImportError:
-        pass
-    return info
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from .files import atomic_write_json, environment
 
 
 def cpu_decode(model_path=None, new_tokens: int = 200, repeats: int = 5, prompt: str = "ROMEO.") -> dict:
@@ -141,8 +113,9 @@ def main(args) -> None:
     if args.what == "cpu-decode":
         report = cpu_decode(args.model, args.tokens, args.repeats)
         r = report["results"]
-        print(f"decode, {report['model']['params'] / 1e6:.1f}M parameters, {report['environment']['device']}, "
-              f"{report['environment']['threads']} threads")
+        env = report["environment"]
+        print(f"decode, {report['model']['params'] / 1e6:.1f}M parameters, {env['cpu']}, "
+              f"{env['torch_threads']} threads")
         for name, res in r.items():
             print(f"  {name:24} {res['tokens_per_s']:8.1f} tokens/s")
         for name, x in report["speedups"].items():
@@ -155,5 +128,5 @@ def main(args) -> None:
         report = kbench.main(args)
     if args.out and report is not None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write_json(args.out, report)
         print(f"wrote {args.out}")

@@ -12,7 +12,12 @@ import torch
 
 from mistral_lab.config import preset
 from mistral_lab.generate import generate
+from mistral_lab.kernels import use_interpreter_if_no_gpu
 from mistral_lab.model import Transformer
+
+if use_interpreter_if_no_gpu():
+    sys.exit("scripts/gpu_7b.py runs Mistral 7B's shapes on compiled kernels: it needs a CUDA GPU and "
+             "TRITON_INTERPRET unset or 0")
 
 
 def main(n_prompt=8192, n_new=64, chunk=4096):

@@ -9,11 +9,17 @@ BLOCK_M * group. Decode: CUDA-graph ms per (BLOCK_N, splits, num_warps) over a f
 import sys
 
 import torch
-from triton.testing import do_bench, do_bench_cudagraph
 
-from mistral_lab import ops
-from mistral_lab.backends import TorchBackend
-from mistral_lab.kernels import bench, decode_attention, swa_attention
+from mistral_lab.kernels import use_interpreter_if_no_gpu
+
+if use_interpreter_if_no_gpu():  # decided before the kernel modules below are imported
+    sys.exit("scripts/gpu_tune.py times compiled kernels: it needs a CUDA GPU and TRITON_INTERPRET unset or 0")
+
+from triton.testing import do_bench, do_bench_cudagraph  # noqa: E402
+
+from mistral_lab import ops  # noqa: E402
+from mistral_lab.backends import TorchBackend  # noqa: E402
+from mistral_lab.kernels import bench, decode_attention, swa_attention  # noqa: E402
 
 
 def main(n=16384, window=4096, H=32, K=8, D=128):

@@ -3,9 +3,8 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the oracle (transformers) never reaches a hub
 
-import torch  # noqa: E402
+# Compiled kernels or Triton's interpreter: decided in one place, before the first
+# @triton.jit anywhere in the session, whichever test module happens to import it.
+from mistral_lab.kernels import use_interpreter_if_no_gpu  # noqa: E402
 
-if not torch.cuda.is_available():
-    # Triton reads this when a kernel is decorated: it must be set before the first
-    # @triton.jit anywhere in the session, whichever test module happens to import it.
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+use_interpreter_if_no_gpu()

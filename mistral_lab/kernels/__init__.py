@@ -8,9 +8,11 @@
     bench.py             GPU timings against FlexAttention and SDPA
 
 Triton is optional: it has no macOS/Windows wheels. Without a CUDA GPU the kernels run
-in Triton's interpreter (numpy on the CPU, ~150x slower than torch): this module sets
-TRITON_INTERPRET=1 itself before the kernel modules are imported, which is when Triton
-decides between compiling and interpreting.
+in Triton's interpreter (numpy on the CPU, ~150x slower than torch). Whether they do is
+decided in ONE place, use_interpreter_if_no_gpu() below: the package calls it when it is
+imported, tests/conftest.py at the start of a session, the backend and viz.kernels
+before they import a kernel module -- which is when Triton decides between compiling and
+interpreting.
 """
 from __future__ import annotations
 
@@ -31,13 +33,35 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def use_interpreter_if_no_gpu(*, force: bool = False) -> bool:
+    """Decide how the kernels run; True when they will run in Triton's interpreter.
+
+    TRITON_INTERPRET is read when Triton is first imported (its own standard library is
+    @jit-decorated then) and when each kernel is decorated, so call this before either.
+    Without a CUDA GPU it sets TRITON_INTERPRET=1, unless the variable is already set (a
+    user's choice wins: 1 to debug on a GPU, 0 to compile ahead of time without one) or
+    Triton was imported first (it has settled then). force=True, just before a kernel
+    module is imported to run: without a GPU compiled kernels cannot run, so it sets 1
+    whatever was there -- and refuses if a kernel module was already decorated otherwise.
+    """
+    if not _has_cuda() and os.environ.get("TRITON_INTERPRET") != "1":
+        if force:
+            loaded = [m for m in _KERNEL_MODULES if f"{__name__}.{m}" in sys.modules]
+            if loaded:
+                raise TritonUnavailable(
+                    f"{__name__}.{loaded[0]} was imported before TRITON_INTERPRET=1 was set and there is no "
+                    f"CUDA GPU: set TRITON_INTERPRET=1 before importing it, or create the backend first")
+            os.environ["TRITON_INTERPRET"] = "1"
+        elif "TRITON_INTERPRET" not in os.environ and "triton" not in sys.modules:
+            os.environ["TRITON_INTERPRET"] = "1"
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def available() -> tuple[bool, str]:
     """(whether backend='triton' can run here, why / how it will run)."""
     if importlib.util.find_spec("triton") is None:
         return False, "Triton is not installed (it has no macOS/Windows wheels): use backend='torch'"
-    if not _has_cuda():
-        # Before Triton's first import: some of its settings are read once, at import.
-        os.environ.setdefault("TRITON_INTERPRET", "1")
+    use_interpreter_if_no_gpu()  # before the import below
     try:
         import triton  # noqa: F401
     except ImportError as e:
@@ -60,13 +84,7 @@ def _import_kernels():
     ok, reason = available()
     if not ok:
         raise TritonUnavailable(reason)
-    if not _has_cuda() and os.environ.get("TRITON_INTERPRET") != "1":
-        loaded = [m for m in _KERNEL_MODULES if f"{__name__}.{m}" in sys.modules]
-        if loaded:
-            raise TritonUnavailable(
-                f"{__name__}.{loaded[0]} was imported before TRITON_INTERPRET=1 was set and there is no "
-                f"CUDA GPU: set TRITON_INTERPRET=1 before importing it, or create the backend first")
-        os.environ["TRITON_INTERPRET"] = "1"  # read by @triton.jit when the modules below load
+    use_interpreter_if_no_gpu(force=True)  # read by @triton.jit when the modules below load
     from . import cache_write, chunk_attention, decode_attention, swa_attention
 
     return swa_attention, chunk_attention, decode_attention, cache_write
@@ -118,4 +136,4 @@ def triton_backend() -> TritonBackend:
     return TritonBackend()
 
 
-__all__ = ["TritonBackend", "TritonUnavailable", "available", "triton_backend"]
+__all__ = ["TritonBackend", "TritonUnavailable", "available", "triton_backend", "use_interpreter_if_no_gpu"]

@@ -2,7 +2,10 @@
 
     rows = bench_attention([4096, 8192, 16384, 32768])    # pre-fill, W = 4096
     rows += bench_decode([4096, 32768])                    # one query over the cache
-    write_json(rows, "bench.json")
+    write_json(rows, "bench.json")                         # files.environment() + rows
+
+Every mask here, the peers' included, is masks.visible: FlexAttention gets it as a
+mask_mod (window_mask_mod), the dense SDPA peer as masks.window_mask.
 
 Peers (pre-fill): FlexAttention with a sliding-window block mask (compiled), SDPA with
 is_causal (the flash kernel: fast, but it attends to the whole past, not the window),
@@ -18,20 +21,22 @@ Needs a CUDA GPU; the counting functions are plain Python.
 """
 from __future__ import annotations
 
-import datetime
-import json
 import math
-import platform
 
 import torch
 import torch.nn.functional as F
 
+from ..files import atomic_write_json, environment
+from ..masks import visible, visible_pairs, window_mask
 
-def visible_pairs(n: int, window: int | None) -> int:
-    """(query, key) pairs of a length-n sequence that masks.visible allows: sum_t min(t+1, W)."""
-    if window is None or window >= n:
-        return n * (n + 1) // 2
-    return window * (window + 1) // 2 + (n - window) * window
+
+def window_mask_mod(window: int | None, q_offset: int = 0):
+    """masks.visible as a FlexAttention mask_mod, for queries at positions q_idx + q_offset
+    (a decode step's one query sits at position N - 1, its q_idx is 0)."""
+    def mask_mod(b, h, q_idx, kv_idx):
+        return visible(q_idx + q_offset, kv_idx, window)
+
+    return mask_mod
 
 
 def attention_flops(n: int, window: int | None, heads: int, head_dim: int, batch: int = 1) -> int:
@@ -108,11 +113,6 @@ def bench_attention(n_list, window: int | None = 4096, heads: int = 32, kv_heads
 
     backend = triton_backend()  # compiled kernels (CUDA present)
     flex = torch.compile(flex_attention, dynamic=False)
-
-    def window_mod(b, h, q_idx, kv_idx):
-        causal = kv_idx <= q_idx
-        return causal if window is None else causal & (q_idx - kv_idx < window)
-
     out = []
     for n in n_list:
         q = torch.randn(batch, n, heads, head_dim, device="cuda", dtype=dtype)
@@ -120,15 +120,13 @@ def bench_attention(n_list, window: int | None = 4096, heads: int = 32, kv_heads
         v = torch.randn(batch, n, kv_heads, head_dim, device="cuda", dtype=dtype)
         pos = torch.arange(n, device="cuda")
         qt, kt, vt = (x.transpose(1, 2).contiguous() for x in (q, k, v))  # (B, heads, N, D)
-        block_mask = create_block_mask(window_mod, None, None, n, n, device="cuda")
+        block_mask = create_block_mask(window_mask_mod(window), None, None, n, n, device="cuda")
         impls = {
             "triton_swa": lambda: backend.prefill(q, k, v, pos, window),
             "flex_window": lambda: flex(qt, kt, vt, block_mask=block_mask, enable_gqa=True),
             "sdpa_causal": lambda: _sdpa(qt, kt, vt, is_causal=True),
         }
         if n <= dense_max_n:
-            from ..masks import window_mask
-
             dense = window_mask(n, window, device="cuda")
             impls["sdpa_dense_mask"] = lambda: _sdpa(qt, kt, vt, attn_mask=dense)
         # Correct first: our output against FlexAttention's on the same inputs.
@@ -171,17 +169,13 @@ def bench_decode(n_list=(4096, 32768), window: int | None = 4096, heads: int = 3
         qt = q.transpose(1, 2).contiguous()  # (B, H, 1, D)
         rk, rv = ck.transpose(1, 2).contiguous(), cv.transpose(1, 2).contiguous()
 
-        def window_mod(b, h, q_idx, kv_idx):
-            causal = kv_idx <= q_idx + p
-            return causal if window is None else causal & (q_idx + p - kv_idx < window)
-
         impls = {
             "triton_decode": lambda: backend.decode(q, ck, cv, cache_pos, position, window),
             "sdpa_rolling": lambda: _sdpa(qt, rk, rv),
             "sdpa_full_cache": lambda: _sdpa(qt, fk, fv),
         }
         try:
-            block_mask = create_block_mask(window_mod, None, None, 1, n, device="cuda")
+            block_mask = create_block_mask(window_mask_mod(window, q_offset=p), None, None, 1, n, device="cuda")
             flex(qt, fk, fv, block_mask=block_mask, enable_gqa=True)
             impls["flex_window_full_cache"] = lambda: flex(qt, fk, fv, block_mask=block_mask, enable_gqa=True)
         except Exception:  # flex's decode path depends on the torch version: leave it out
@@ -207,29 +201,17 @@ def bench_decode(n_list=(4096, 32768), window: int | None = 4096, heads: int = 3
 
 
 def report(rows: list[dict]) -> dict:
-    """Rows with the device, versions and date: what write_json stores."""
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    return dict(
-        device=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        torch=torch.__version__,
-        triton=triton_version,
-        python=platform.python_version(),
-        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        rows=[{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows],
-    )
+    """files.environment() (date, versions; "device" = the GPU's name, which
+    viz.kernels.load_benchmarks reads) and the rows, NaN as null (JSON has no NaN)."""
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
+    return {**environment(device), "device": device, "rows": clean}
 
 
 def write_json(rows: list[dict], path) -> dict:
-    """Write report(rows) as JSON to `path`; returns it."""
+    """Write report(rows) to `path` (files.atomic_write_json); returns it."""
     doc = report(rows)
-    with open(path, "w") as f:
-        json.dump(doc, f, indent=1)
-        f.write("\n")
+    atomic_write_json(path, doc)
     return doc
 
 
@@ -243,7 +225,8 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def main(args) -> dict:
-    """`python -m mistral_lab bench attention|decode`: the DESIGN.md shapes (Mistral 7B, W = 4096)."""
+    """`python -m mistral_lab bench attention|decode`: Mistral 7B's attention shapes (Table 1:
+    32 query / 8 KV heads, head_dim 128, W = 4096), bf16, batch 1 (docs/ARCHITECTURE.md)."""
     _require_cuda()
     if args.what == "attention":
         rows = bench_attention([4096, 8192, 16384, 32768])
@@ -254,4 +237,4 @@ def main(args) -> dict:
 
 
 __all__ = ["attention_flops", "bench_attention", "bench_decode", "decode_flops", "main", "report", "rolling_buffer",
-           "visible_pairs", "write_json"]
+           "visible_pairs", "window_mask_mod", "write_json"]

@@ -1,4 +1,15 @@
-"""Plot and widget builders for the notebooks: each returns a plotly figure or a widget."""
+"""Plot and widget builders for the notebooks: each returns a plotly figure or a widget.
+
+Token pieces shown in a figure go through escape_label: plotly reads label text as HTML,
+so the pieces <s>, </s> and <0x0A> would vanish and & would start an entity.
+"""
+import html
+
+
+def escape_label(text: str) -> str:
+    """A token piece (or any text from data) made safe for plotly's labels, ticks,
+    titles and hover text: html.escape, nothing else."""
+    return html.escape(text)
 
 
 def notebook_setup(threads: int = 1) -> None:

@@ -11,6 +11,9 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import torch
 
+from . import escape_label
+from .widgets import controls
+
 
 def buffer_history(writes, capacity: int, layer: int = 0) -> torch.Tensor:
     """(steps, capacity) long tensor: row t = positions held by the slots after the t-th write."""
@@ -25,9 +28,10 @@ def buffer_history(writes, capacity: int, layer: int = 0) -> torch.Tensor:
 
 
 def buffer_heatmap(history: torch.Tensor, writes, layer: int = 0) -> go.Figure:
-    """Time step x slot, coloured by the position held; overwrites marked with x."""
+    """Time step x slot, coloured by the position held, white where the slot is still
+    empty (no value: nothing is drawn on the white background); overwrites marked with x."""
     z = [[p if p >= 0 else None for p in row] for row in history.tolist()]
-    fig = go.Figure(go.Heatmap(z=z, colorscale="Turbo", colorbar=dict(title="position held"),
+    fig = go.Figure(go.Heatmap(z=z, colorscale="Turbo", colorbar=dict(title="position held<br>(white: empty)"),
                                hovertemplate="step %{y}, slot %{x}: position %{z}<extra></extra>"))
     ow = [(t, w.slot) for t, w in enumerate(w for w in writes if w.layer == layer) if w.evicted >= 0]
     fig.add_scatter(x=[s for _, s in ow], y=[t for t, _ in ow], mode="markers", name="overwrite",
@@ -35,12 +39,13 @@ def buffer_heatmap(history: torch.Tensor, writes, layer: int = 0) -> go.Figure:
     fig.update_yaxes(autorange="reversed", title_text="write step (= position written)")
     fig.update_xaxes(title_text="slot")
     fig.update_layout(title=f"rolling buffer of layer {layer}: {history.shape[1]} slots, {len(ow)} overwrites",
-                      height=480, margin=dict(l=60, r=10, t=50, b=40), legend=dict(x=0, y=1.08, orientation="h"))
+                      height=480, plot_bgcolor="white", margin=dict(l=60, r=10, t=50, b=40), legend=dict(x=0, y=1.08, orientation="h"))
     return fig
 
 
 def slots_figure(history: torch.Tensor, pieces: list[str], step: int, per_row: int = 16) -> go.Figure:
-    """The buffer after write `step`: one cell per slot with the token and position it holds."""
+    """The buffer after write `step`: one cell per slot with the token and position it holds
+    (blue, darker the newer), white where the slot is still empty."""
     S = history.shape[1]
     row = history[step].tolist()
     n_rows = -(-S // per_row)
@@ -51,7 +56,7 @@ def slots_figure(history: torch.Tensor, pieces: list[str], step: int, per_row: i
             s = r * per_row + c
             p = row[s] if s < S else -1
             zr.append(None if p < 0 else (1.0 if p == step else 0.3 + 0.6 * p / max(step, 1)))
-            tr.append("" if p < 0 else f"{pieces[p].replace('▁', '·')!s}<br>@{p}")
+            tr.append("" if p < 0 else f"{escape_label(pieces[p].replace('▁', '·'))}<br>@{p}")
         z.append(zr)
         text.append(tr)
     fig = go.Figure(go.Heatmap(z=z, text=text, texttemplate="%{text}", showscale=False, colorscale="Blues",
@@ -59,26 +64,16 @@ def slots_figure(history: torch.Tensor, pieces: list[str], step: int, per_row: i
     fig.update_yaxes(autorange="reversed", tickvals=list(range(n_rows)),
                      ticktext=[f"slots {r * per_row}–{r * per_row + per_row - 1}" for r in range(n_rows)])
     fig.update_xaxes(showticklabels=False)
-    fig.update_layout(title=f"after writing position {step} into slot {step % S} (darkest = newest)",
-                      height=80 + 55 * n_rows, margin=dict(l=90, r=10, t=40, b=10))
+    fig.update_layout(title=f"after writing position {step} into slot {step % S} (darkest = newest, white = empty)",
+                      height=80 + 55 * n_rows, plot_bgcolor="white", margin=dict(l=90, r=10, t=40, b=10))
     return fig
 
 
 def buffer_scrubber(history: torch.Tensor, pieces: list[str], step: int | None = None):
-    """A slider over write steps redrawing slots_figure (plain ipywidgets + Output)."""
+    """A slider over write steps redrawing slots_figure."""
     import ipywidgets as widgets
-    from IPython.display import display
 
     last = history.shape[0] - 1
     slider = widgets.IntSlider(value=last if step is None else step, min=0, max=last, description="step",
                                continuous_update=False, layout=widgets.Layout(width="90%"))
-    out = widgets.Output()
-
-    def redraw(_=None):
-        with out:
-            out.clear_output(wait=True)
-            display(slots_figure(history, pieces, slider.value))
-
-    slider.observe(redraw, "value")
-    redraw()
-    return widgets.VBox([slider, out])
+    return controls(lambda step: slots_figure(history, pieces, step), step=slider)

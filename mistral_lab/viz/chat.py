@@ -9,6 +9,8 @@ import os
 
 import plotly.graph_objects as go
 
+from . import escape_label
+
 
 def tokens_figure(tok, ids, title: str = "", per_row: int = 16) -> go.Figure:
     """The ids as a grid of boxes: the piece (with '▁' for a space) over its id; markers in red."""
@@ -18,7 +20,7 @@ def tokens_figure(tok, ids, title: str = "", per_row: int = 16) -> go.Figure:
     for i, (t, p) in enumerate(zip(ids, pieces)):
         xs.append(i % per_row)
         ys.append(i // per_row)
-        text.append(f"{p}<br><sub>{t}</sub>")
+        text.append(f"{escape_label(p)}<br><sub>{t}</sub>")
         color.append("#e06666" if p in special else "#9fc5e8")
     fig = go.Figure(go.Scatter(x=xs, y=ys, mode="markers+text", text=text, textposition="middle center",
                                marker=dict(symbol="square", size=44, color=color), hoverinfo="skip"))

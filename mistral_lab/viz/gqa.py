@@ -11,7 +11,9 @@ import torch
 from plotly.subplots import make_subplots
 
 from .. import ops
+from ..cache import cache_bytes
 from ..config import ModelArgs
+from . import escape_label
 
 
 def head_sharing_figure(args: ModelArgs, title: str = "") -> go.Figure:
@@ -38,13 +40,15 @@ def head_sharing_figure(args: ModelArgs, title: str = "") -> go.Figure:
 def decode_kv_bytes(args: ModelArgs, context: int, bytes_per_element: int = 2) -> dict:
     """Bytes of K and V one decode step reads (all layers, batch 1) for MHA, GQA (args), MQA.
 
-    A step attends over min(context, W) cached positions; each holds kv_heads * head_dim
-    values of K and of V per layer."""
-    seen = min(context, args.sliding_window) if args.sliding_window else context
-    per_head = 2 * args.n_layers * args.head_dim * bytes_per_element * seen
-    return {f"MHA ({args.n_heads} KV heads)": args.n_heads * per_head,
-            f"GQA ({args.n_kv_heads} KV heads)": args.n_kv_heads * per_head,
-            "MQA (1 KV head)": per_head}
+    A step attends over every key its cache holds: the rolling buffer's min(context, W)
+    positions, which is what cache.cache_bytes counts, for each number of KV heads."""
+    def read(kv_heads: int) -> int:
+        return cache_bytes(args.replace(n_kv_heads=kv_heads), context, rolling=True,
+                           bytes_per_element=bytes_per_element)
+
+    return {f"MHA ({args.n_heads} KV heads)": read(args.n_heads),
+            f"GQA ({args.n_kv_heads} KV heads)": read(args.n_kv_heads),
+            "MQA (1 KV head)": read(1)}
 
 
 def decode_bytes_figure(args: ModelArgs, context: int, bytes_per_element: int = 2) -> go.Figure:
@@ -106,7 +110,7 @@ def group_heads_figure(probs: torch.Tensor, pieces: list[str], group: int, n_rep
     heads = list(range(group * n_rep, group * n_rep + n_rep))
     fig = make_subplots(rows=1, cols=n_rep, subplot_titles=[f"query head {h}" for h in heads],
                         shared_yaxes=True, horizontal_spacing=0.02)
-    labels = [f"{i}:{p}" for i, p in enumerate(pieces)]
+    labels = [f"{i}:{escape_label(p)}" for i, p in enumerate(pieces)]
     for c, h in enumerate(heads):
         fig.add_heatmap(z=probs[h].tolist(), x=labels, y=labels, coloraxis="coloraxis", row=1, col=c + 1)
     fig.update_yaxes(autorange="reversed")

@@ -15,9 +15,11 @@ import plotly.graph_objects as go
 import torch
 
 from .. import trace
+from ..masks import visible_pairs
 
-# DESIGN.md section 6: measured by peers on an H100 80GB (torch 2.11, bf16, batch 1,
-# 32 query / 8 KV heads, head_dim 128, W = 4096). NOT measured by this project.
+# Measured by peers on an H100 80GB (torch 2.11, bf16, batch 1, 32 query / 8 KV heads,
+# head_dim 128, W = 4096): the shapes of our own benchmark, NOT measured by this project
+# (docs/ARCHITECTURE.md, "Benchmarks").
 PEER_H100_PREFILL_MS = {
     4096: {"SDPA causal (flash)": 0.26, "FlexAttention sliding window": 0.40, "SDPA + dense window mask": 0.87},
     8192: {"SDPA causal (flash)": 0.94, "FlexAttention sliding window": 1.04, "SDPA + dense window mask": 3.39},
@@ -25,19 +27,41 @@ PEER_H100_PREFILL_MS = {
     32768: {"SDPA causal (flash)": 14.35, "FlexAttention sliding window": 4.94},
 }
 
+# One name and one colour per method in every plot: our JSON's impl keys are shown under
+# the names the peers' numbers use, so the same method looks the same in both figures.
+METHOD_NAMES = {
+    "triton_swa": "Triton sliding window (ours)",
+    "flex_window": "FlexAttention sliding window",
+    "sdpa_causal": "SDPA causal (flash)",
+    "sdpa_dense_mask": "SDPA + dense window mask",
+}
+METHOD_COLOURS = {
+    "Triton sliding window (ours)": "#d62728",
+    "FlexAttention sliding window": "#1f77b4",
+    "SDPA causal (flash)": "#2ca02c",
+    "SDPA + dense window mask": "#9467bd",
+}
+
+
+def tokens_tick(n: int) -> str:
+    """A sequence length as people say it: 4096 -> '4K', 32768 -> '32K', 1000 -> '1,000'."""
+    return f"{n // 1024}K" if n >= 1024 and n % 1024 == 0 else f"{n:,}"
+
 
 def traced_swa_prefill(n: int = 256, window: int = 64, heads: int = 8, kv_heads: int = 2, head_dim: int = 32,
                        block: int = 16, seed: int = 0):
     """Run the sliding-window pre-fill kernel once on random q/k/v inside a trace.
     Returns (KernelCall, kernel output, ops.attention output)."""
-    from .. import ops
-    from ..kernels import triton_backend
+    from .. import kernels, ops
 
-    triton_backend()  # sets TRITON_INTERPRET=1 without a GPU, then imports the kernels
+    ok, why = kernels.available()
+    if not ok:
+        raise kernels.TritonUnavailable(why)
+    interpreting = kernels.use_interpreter_if_no_gpu(force=True)  # before the kernel module loads
     from ..kernels import swa_attention
 
     g = torch.Generator().manual_seed(seed)
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = "cpu" if interpreting else "cuda"
     q = torch.randn(1, n, heads, head_dim, generator=g).to(dev)
     k = torch.randn(1, n, kv_heads, head_dim, generator=g).to(dev)
     v = torch.randn(1, n, kv_heads, head_dim, generator=g).to(dev)
@@ -58,12 +82,11 @@ def expected_counts(call) -> dict:
         m0, m1 = i * BM, min(i * BM + BM, T) - 1
         lo, hi = max(0, m0 - W + 1) // BN, math.ceil((m1 + 1) / BN)
         tiles, skipped = tiles + hi - lo, skipped + lo
-    pairs = sum(min(p + 1, W) for p in range(T))
     progs = B * K
     return dict(tiles=progs * tiles, skipped=progs * skipped,
                 kv_bytes=progs * tiles * BN * D * 2 * elem,  # every tile is full when BN divides T
                 flops=progs * tiles * 4 * D * (BM * G) * BN,
-                visible_pairs=B * H * pairs)
+                visible_pairs=B * H * visible_pairs(T, W))
 
 
 def tile_map_figure(call) -> go.Figure:
@@ -77,18 +100,13 @@ def tile_map_figure(call) -> go.Figure:
     fig = go.Figure(go.Heatmap(z=z.tolist(), zmin=0, zmax=2, colorscale=colors, xgap=1, ygap=1,
                                colorbar=dict(tickvals=[0.33, 1, 1.67], ticktext=["future", "skipped", "computed"])))
     t = call.totals
-    fig.update_layout(title=f"swa_prefill tile map (N={call.meta['T']}, W={call.meta['window']}, "
-                            f"{call.block_m}x{call.block_n} tiles): {t['tiles']} computed, {t['skipped']} skipped",
-                      xaxis_title="key block", yaxis_title="query block (program)", height=420, width=520,
-                      yaxis=dict(autorange="reversed"), margin=dict(l=50, r=20, t=50, b=40))
+    # Two short lines: one long line is cut at the figure's 520 px.
+    fig.update_layout(title=f"swa_prefill tile map: {t['tiles']} computed, {t['skipped']} skipped<br>"
+                            f"<sup>N = {call.meta['T']}, W = {call.meta['window']}, "
+                            f"{call.block_m}x{call.block_n} tiles</sup>",
+                      xaxis_title="key block", yaxis_title="query block (program)", height=440, width=520,
+                      yaxis=dict(autorange="reversed"), margin=dict(l=50, r=20, t=70, b=40))
     return fig
-
-
-def visible_pairs(n: int, window: int | None) -> int:
-    """(query, key) pairs a length-n sequence attends: n(n+1)/2 causal, about n*W with a window."""
-    if window is None or window >= n:
-        return n * (n + 1) // 2
-    return window * (window + 1) // 2 + (n - window) * window
 
 
 def load_benchmarks(folder) -> list[dict]:
@@ -102,13 +120,21 @@ def load_benchmarks(folder) -> list[dict]:
 
 
 def prefill_bench_figure(rows: list[dict], title: str) -> go.Figure:
-    """ms against N for each implementation (rows: dicts with N, impl, ms)."""
+    """ms against N for each implementation (rows: dicts with N, impl, ms), named and
+    coloured by METHOD_NAMES / METHOD_COLOURS."""
     fig = go.Figure()
     for impl in dict.fromkeys(r["impl"] for r in rows):
         pts = sorted((r["N"], r["ms"]) for r in rows if r["impl"] == impl and r.get("ms") is not None)
-        fig.add_scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], name=impl, mode="lines+markers")
-    fig.update_layout(title=title, xaxis=dict(title="sequence length N", type="log", tickvals=[4096, 8192, 16384, 32768]),
-                      yaxis=dict(title="ms (log)", type="log"), height=380, margin=dict(l=50, r=20, t=50, b=40))
+        name = METHOD_NAMES.get(impl, impl)
+        fig.add_scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], name=name, mode="lines+markers",
+                        line=dict(color=METHOD_COLOURS.get(name)))
+    ns = sorted({r["N"] for r in rows})
+    fig.update_layout(title=dict(text=title, font=dict(size=15)),
+                      xaxis=dict(title="sequence length N (tokens)", type="log", tickvals=ns,
+                                 ticktext=[tokens_tick(n) for n in ns]),
+                      yaxis=dict(title="ms (log)", type="log"), height=420,
+                      legend=dict(orientation="h", yanchor="top", y=-0.2, x=0),
+                      margin=dict(l=50, r=20, t=50, b=40))
     return fig
 
 

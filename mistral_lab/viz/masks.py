@@ -9,18 +9,18 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from ..masks import paper_window_mask, window_mask
+from ..masks import paper_window_mask, visible_pairs, window_mask
+from .widgets import controls
 
 
 def pair_counts(n: int, window: int) -> dict:
-    """(query, key) pairs computed by each mask, counted from the masks and by formula."""
-    w = min(window, n)
+    """(query, key) pairs computed by each mask, counted from the masks and by formula
+    (masks.visible_pairs)."""
     return {
         "causal": int(window_mask(n, None).sum()),
-        "causal_formula": n * (n + 1) // 2,
+        "causal_formula": visible_pairs(n, None),
         "window": int(window_mask(n, window).sum()),
-        # rows 0..w-1 see 1..w keys, the other n - w rows see W each
-        "window_formula": w * (w + 1) // 2 + (n - w) * window,
+        "window_formula": visible_pairs(n, window),
     }
 
 
@@ -48,8 +48,8 @@ def masks_figure(n: int = 24, window: int = 6) -> go.Figure:
 def pair_counts_figure(n_max: int = 512, window: int = 64) -> go.Figure:
     """Computed (q, k) pairs against sequence length: n(n+1)/2 vs about n W."""
     ns = list(range(1, n_max + 1, max(1, n_max // 128)))
-    causal = [n * (n + 1) // 2 for n in ns]
-    win = [pair_counts(n, window)["window_formula"] for n in ns]
+    causal = [visible_pairs(n, None) for n in ns]
+    win = [visible_pairs(n, window) for n in ns]
     fig = go.Figure()
     fig.add_scatter(x=ns, y=causal, name="causal: n(n+1)/2")
     fig.add_scatter(x=ns, y=win, name=f"window W={window}: ~ n·W")
@@ -59,20 +59,9 @@ def pair_counts_figure(n_max: int = 512, window: int = 64) -> go.Figure:
 
 
 def mask_explorer(n: int = 24, window: int = 6):
-    """Sliders for n and W redrawing masks_figure (plain ipywidgets + Output)."""
+    """Sliders for n and W redrawing masks_figure."""
     import ipywidgets as widgets
-    from IPython.display import display
 
     n_slider = widgets.IntSlider(value=n, min=2, max=64, description="n tokens", continuous_update=False)
     w_slider = widgets.IntSlider(value=window, min=1, max=32, description="window W", continuous_update=False)
-    out = widgets.Output()
-
-    def redraw(_=None):
-        with out:
-            out.clear_output(wait=True)
-            display(masks_figure(n_slider.value, w_slider.value))
-
-    n_slider.observe(redraw, "value")
-    w_slider.observe(redraw, "value")
-    redraw()
-    return widgets.VBox([widgets.HBox([n_slider, w_slider]), out])
+    return controls(masks_figure, n=n_slider, window=w_slider)

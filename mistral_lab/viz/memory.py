@@ -14,6 +14,7 @@ import torch
 
 from ..cache import cache_bytes
 from ..config import ModelArgs
+from .widgets import controls
 
 GIB = 2**30
 
@@ -37,23 +38,13 @@ def bytes_vs_tokens_figure(args: ModelArgs, max_tokens: int = 32768, window: int
 
 
 def memory_explorer(args: ModelArgs, max_tokens: int = 32768):
-    """A slider for the window W (in slots) redrawing bytes_vs_tokens_figure in an Output."""
+    """A slider for the window W (in slots) redrawing bytes_vs_tokens_figure."""
     import ipywidgets as widgets
-    from IPython.display import display
 
     w0 = args.sliding_window or 4096
     slider = widgets.IntSlider(value=w0, min=512, max=max_tokens, step=512, description="W (slots)",
                                continuous_update=False, layout=widgets.Layout(width="60%"))
-    out = widgets.Output()
-
-    def redraw(_=None):
-        with out:
-            out.clear_output(wait=True)
-            display(bytes_vs_tokens_figure(args, max_tokens, window=slider.value))
-
-    slider.observe(redraw, names="value")
-    redraw()
-    return widgets.VBox([slider, out])
+    return controls(lambda window: bytes_vs_tokens_figure(args, max_tokens, window=window), window=slider)
 
 
 @dataclass
@@ -69,41 +60,42 @@ class PrefillRun:
 
 @torch.inference_mode()
 def measure_prefill(model, ids, *, full: bool, chunk: int | None = None, progress: bool = True) -> PrefillRun:
-    """Pre-fill ids (a list) chunk by chunk into a fresh cache, recording cache.nbytes after each."""
+    """Pre-fill ids (a list) chunk by chunk into a fresh cache, recording cache.nbytes after each.
+    progress: a bar counting tokens, with the rate and the time left."""
+    from tqdm.auto import tqdm
+
     chunk = chunk or model.args.sliding_window
     x = torch.tensor([ids])
     cache = model.new_cache(full=full)
     run = PrefillRun("full cache" if full else "rolling buffer")
-    bar = None
-    if progress:
-        import ipywidgets as widgets
-        from IPython.display import display
-
-        bar = widgets.IntProgress(max=len(ids), description=run.label[:12])
-        display(bar)
+    bar = tqdm(total=len(ids), desc=run.label, unit="tok", disable=not progress)
     t0 = time.perf_counter()
     for i in range(0, len(ids), chunk):
         logits = model(x[:, i:i + chunk], cache, last_only=True)
         run.tokens.append(min(i + chunk, len(ids)))
         run.nbytes.append(cache.nbytes)
-        if bar is not None:
-            bar.value = run.tokens[-1]
+        bar.update(run.tokens[-1] - bar.n)
     run.seconds = time.perf_counter() - t0
+    bar.close()
     run.logits, run.capacity = logits[0, -1], cache.capacity
     return run
 
 
 def measured_figure(runs, args: ModelArgs | None = None, bytes_per_element: int = 4) -> go.Figure:
-    """Measured cache.nbytes (MiB) against tokens for each PrefillRun, with the formula dotted."""
+    """Measured cache.nbytes (MiB) against tokens for each PrefillRun, with the formula dotted.
+    Log y: the rolling buffer is hundreds of times smaller than the full cache, and on a
+    linear axis its line would lie on zero."""
     fig = go.Figure()
     for r in runs:
         fig.add_scatter(x=r.tokens, y=[b / 2**20 for b in r.nbytes], name=f"{r.label} (measured)", mode="lines")
     if args is not None:
         n = max(r.tokens[-1] for r in runs)
-        xs = list(range(0, n + 1, max(1, n // 256)))
+        step = max(1, n // 256)
+        xs = list(range(step, n + 1, step))  # from one step, not 0: log y has no zero
         fig.add_scatter(x=xs, y=[cache_bytes(args, t, rolling=False, bytes_per_element=bytes_per_element) / 2**20
                                  for t in xs], name="tokens x bytes per token", line=dict(dash="dot"))
     fig.update_layout(title="cache.nbytes during a chunked pre-fill of the shipped model",
-                      xaxis_title="tokens pre-filled", yaxis_title="MiB allocated for K and V", height=380,
-                      margin=dict(l=50, r=20, t=50, b=40), legend=dict(x=0.02, y=0.98))
+                      xaxis_title="tokens pre-filled", yaxis=dict(title="MiB allocated for K and V (log)", type="log"),
+                      height=420, margin=dict(l=50, r=20, t=50, b=40),
+                      legend=dict(orientation="h", yanchor="top", y=-0.18, x=0))  # below: no line under it
     return fig

@@ -12,9 +12,12 @@ import plotly.graph_objects as go
 import torch
 
 from .. import backends
+from ..cache import cache_bytes
 from ..config import ModelArgs
 from ..generate import prefill
 from ..masks import mask_for
+from . import escape_label
+from .widgets import controls
 
 
 def cache_before_chunk(model, ids: list[int], chunk: int, index: int) -> list[int]:
@@ -26,7 +29,7 @@ def cache_before_chunk(model, ids: list[int], chunk: int, index: int) -> list[in
 
 
 def _label(pieces: list[str], p: int) -> str:
-    return f"{pieces[p].replace('▁', '·')} @{p}"
+    return f"{escape_label(pieces[p].replace('▁', '·'))} @{p}"
 
 
 def chunk_figure(pieces: list[str], cache_positions: list[int], start: int, length: int, window: int) -> go.Figure:
@@ -64,38 +67,34 @@ def chunk_figure(pieces: list[str], cache_positions: list[int], start: int, leng
 def chunk_explorer(model, ids: list[int], pieces: list[str], chunk: int = 32, index: int = 3):
     """Sliders for chunk size and chunk index redrawing chunk_figure from a real cache."""
     import ipywidgets as widgets
-    from IPython.display import display
 
     W = model.args.sliding_window
     size = widgets.IntSlider(value=chunk, min=1, max=2 * W, description="chunk size", continuous_update=False)
     idx = widgets.IntSlider(value=index, min=0, max=(len(ids) - 1) // chunk, description="chunk index",
-                              continuous_update=False)
-    out = widgets.Output()
+                            continuous_update=False)
 
-    def redraw(_=None):
-        start = idx.value * size.value
-        length = min(size.value, len(ids) - start)
-        with out:
-            out.clear_output(wait=True)
-            display(chunk_figure(pieces, cache_before_chunk(model, ids, size.value, idx.value), start, length, W))
+    def clamp(change):  # observed before the redraw: the index slider's range follows the chunk size
+        idx.max = (len(ids) - 1) // change["new"]
 
-    def resize(_=None):
-        idx.max = (len(ids) - 1) // size.value  # may clamp idx.value, which redraws by itself
-        redraw()
+    size.observe(clamp, "value")
 
-    size.observe(resize, "value")
-    idx.observe(redraw, "value")
-    redraw()
-    return widgets.VBox([widgets.HBox([size, idx]), out])
+    def draw(size: int, index: int):
+        start = index * size
+        return chunk_figure(pieces, cache_before_chunk(model, ids, size, index), start,
+                            min(size, len(ids) - start), W)
+
+    return controls(draw, size=size, index=idx)
 
 
 def memory_for_chunk(args: ModelArgs, chunk: int, batch_size: int = 1, bytes_per_element: int = 4) -> dict:
     """Bytes alive during one chunk's attention (reference backend, one layer at a time):
     the score matrix, batch x heads x chunk x (W slots + chunk) in fp32 (softmax runs in
-    fp32), and the rolling buffer, W slots x layers x K x D for keys and for values."""
+    fp32), and the rolling buffer once full (cache.cache_bytes of W tokens, all layers)."""
     W = args.sliding_window
+    if W is None:
+        raise ValueError("memory_for_chunk needs a sliding window: a full-attention cache grows with the text")
     scores = batch_size * args.n_heads * chunk * (W + chunk) * 4
-    cache = 2 * args.n_layers * batch_size * W * args.n_kv_heads * args.head_dim * bytes_per_element
+    cache = cache_bytes(args, W, rolling=True, batch_size=batch_size, bytes_per_element=bytes_per_element)
     return {"chunk": chunk, "scores": scores, "cache": cache}
 
 

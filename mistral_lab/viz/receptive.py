@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 import torch
 
 from ..analysis import reach
+from ..masks import receptive_field
 
 
 def influence_figure(infl: torch.Tensor, position: int, window: int, title: str | None = None) -> go.Figure:
@@ -23,7 +24,7 @@ def influence_figure(infl: torch.Tensor, position: int, window: int, title: str 
     fig = go.Figure(go.Heatmap(z=z, colorscale="Viridis", colorbar=dict(title="log10 |∂h/∂x|"),
                                hovertemplate="input %{x}, after %{y} layers: 10^%{z:.1f}<extra></extra>"))
     ks = list(range(infl.shape[0]))
-    fig.add_scatter(x=[max(position - k * (window - 1), 0) - 0.5 for k in ks], y=ks, mode="markers",
+    fig.add_scatter(x=[max(position - receptive_field(k, window), 0) - 0.5 for k in ks], y=ks, mode="markers",
                     marker=dict(symbol="line-ns", size=16, line=dict(width=3, color="black")),
                     name="edge: i - k(W-1)")
     fig.update_layout(title=title or f"influence of each input token on position {position}",
@@ -36,7 +37,7 @@ def reach_figure(infl: torch.Tensor, position: int, window: int) -> go.Figure:
     """Measured reach (positions back with nonzero influence) per layer vs k (W - 1)."""
     ks = list(range(infl.shape[0]))
     fig = go.Figure()
-    fig.add_scatter(x=ks, y=[k * (window - 1) for k in ks], name="theory k·(W−1)", mode="lines")
+    fig.add_scatter(x=ks, y=[receptive_field(k, window) for k in ks], name="theory k·(W−1)", mode="lines")
     fig.add_scatter(x=ks, y=[reach(row, position) for row in infl], name="measured", mode="markers",
                     marker=dict(size=10))
     fig.update_layout(xaxis_title="layers k", yaxis_title="positions back", height=300,
@@ -45,9 +46,10 @@ def reach_figure(infl: torch.Tensor, position: int, window: int) -> go.Figure:
 
 
 def theory_rows(n_layers: int, window: int) -> list[tuple[str, int]]:
-    """The two readings of the paper's k x W for a model: (label, tokens)."""
-    return [(f"paper: {n_layers} × {window} (W + 1 keys per query)", n_layers * window),
-            (f"this project: {n_layers} × ({window} − 1) (W keys, self included)", n_layers * (window - 1))]
+    """The two readings of the paper's k x W for a model: (label, tokens). The paper's
+    reading is this project's receptive field with W + 1 keys per query."""
+    return [(f"paper: {n_layers} × {window} (W + 1 keys per query)", receptive_field(n_layers, window + 1)),
+            (f"this project: {n_layers} × ({window} − 1) (W keys, self included)", receptive_field(n_layers, window))]
 
 
 def influence_map_figure(infl: torch.Tensor, positions: list[int], layer: int, window: int) -> go.Figure:
@@ -59,6 +61,6 @@ def influence_map_figure(infl: torch.Tensor, positions: list[int], layer: int, w
                                hovertemplate="output %{y}, input %{x}: 10^%{z:.1f}<extra></extra>"))
     fig.update_yaxes(autorange="reversed", title_text="output position i", type="category")
     fig.update_layout(title=f"after {layer} layers: input j reaches output i iff 0 ≤ i − j ≤ {layer}·(W−1) = "
-                            f"{layer * (window - 1)}", xaxis_title="input position j", height=380,
+                            f"{receptive_field(layer, window)}", xaxis_title="input position j", height=380,
                       margin=dict(l=60, r=10, t=50, b=40))
     return fig
