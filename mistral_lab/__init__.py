@@ -6,24 +6,19 @@
     out = ml.generate(model, tok.encode("ROMEO:"), 100)
     print(tok.decode(out.new_tokens))
 """
-import os as _os
-import sys as _sys
+# Triton settles between compiling and interpreting when it is first imported (torch may
+# import it as a side effect, e.g. while loading weights): decide now. kernels/__init__.py
+# is light: it imports neither Triton nor a kernel.
+from .kernels import use_interpreter_if_no_gpu as _use_interpreter_if_no_gpu
 
-import torch as _torch
-
-# Triton settles between compiling and interpreting when it is first imported (its own
-# standard library is @jit-decorated then), and torch may import it as a side effect,
-# e.g. while loading weights. Without a CUDA GPU the kernels can only run in the
-# interpreter, so choose it now, before anything imports Triton.
-if "TRITON_INTERPRET" not in _os.environ and "triton" not in _sys.modules and not _torch.cuda.is_available():
-    _os.environ["TRITON_INTERPRET"] = "1"
+_use_interpreter_if_no_gpu()
 
 from .cache import KVCache, cache_bytes  # noqa: E402
 from .config import PRESETS, ModelArgs, preset
 from .generate import Generation, generate, prefill, sample, score
-from .masks import receptive_field, visible, window_mask
+from .masks import receptive_field, visible, visible_pairs, window_mask
 from .model import Transformer
-from . import trace  # trace.record(): cache writes and kernel counters, for plots
+from . import trace  # trace.record(): cache writes, attention calls and kernel counters, for plots
 
 __version__ = "0.1.0"
 

@@ -23,19 +23,7 @@ from typing import Sequence
 
 import torch
 
-from . import ops
 from .model import Transformer
-
-
-def _hidden(model: Transformer, x: torch.Tensor, n_layers: int) -> torch.Tensor:
-    """Run the first n_layers blocks on embeddings x (B, T, dim), positions 0..T-1, no cache."""
-    T = x.shape[1]
-    positions = torch.arange(T, device=x.device)
-    rope = ops.rope_frequencies(positions, model.args.head_dim, model.args.rope_theta)
-    h = x
-    for i, block in enumerate(model.layers[:n_layers]):
-        h = block(h, positions, rope, model._backend, None, i)
-    return h  # (B, T, dim)
 
 
 def _directions(probes: int | None, dim: int, seed: int) -> torch.Tensor:
@@ -69,7 +57,8 @@ def influence(model: Transformer, tokens: Sequence[int] | torch.Tensor, position
         for r, i in enumerate(rows):
             # causal: position i depends on 0..i only, so run the prefix
             x = emb[ids[: i + 1].to(p0.device)].unsqueeze(0).repeat(P, 1, 1).requires_grad_(True)  # (P, i+1, dim)
-            h = _hidden(model, x, n)  # (P, i+1, dim)
+            pos = torch.arange(i + 1, device=p0.device).expand(P, i + 1)
+            h = model.hidden_states(x, pos, n_layers=n)  # (P, i+1, dim)
             (g,) = torch.autograd.grad((h[:, i] * dirs).sum(), x)  # (P, i+1, dim): u_p^T J_{i,j}
             sq = g.float().pow(2).sum(-1)  # (P, i+1)
             out[r, : i + 1] = (sq.sum(0) if probes is None else sq.mean(0)).sqrt().cpu()

@@ -1,9 +1,9 @@
 """Key/value caches: the rolling buffer of the paper, and a full cache to compare with.
 
-Rolling buffer (W slots per layer). The key and value of position i live in slot
-i mod W; the absolute position held by each slot is kept beside it (`slot_pos`), so
-attention masks by position, never by slot index, and RoPE (applied before caching)
-needs no unrotation. Worked example with W = 4 after the 6 tokens 0..5:
+Rolling buffer (S = W slots per layer and sequence). The key and value of position i
+live in slot i mod S; the absolute position held by each slot is kept beside it
+(`slot_pos`), so attention masks by position, never by slot index, and RoPE (applied
+before caching) needs no unrotation. Worked example with W = 4 after the 6 tokens 0..5:
 
     slot       0  1  2  3
     position   4  5  2  3     position 4 overwrote 0, position 5 overwrote 1
@@ -14,9 +14,17 @@ The next token, position 6, goes to slot 2 and evicts position 2 -- which a quer
 A full cache is the same structure with one slot per position: it grows as tokens
 arrive (capacity doubles), which is what the rolling buffer saves.
 
-Order of operations (see model.Attention): a pre-fill chunk attends over
-[cache + chunk] *before* its keys are written -- otherwise its own later tokens could
-overwrite slots that its earlier queries still need; a decode step writes, then attends.
+Batches. Every sequence of a batch has its own row of slots and its own next position
+(`seq_pos`), so prompts of different lengths share one cache: sequence 0 may be at
+position 300 while sequence 1 is at 5. Positions are (B, T) tensors everywhere; -1
+marks "no token here" (the padding of a shorter prompt, a sequence that has stopped):
+it is never written and, through masks.visible, never attended.
+
+The model never indexes the cache itself: layer l gets `cache.layer(l)`, a LayerCache
+view that owns the slot arithmetic and the write. Order of operations (model.Attention):
+a pre-fill chunk attends over [cache + chunk] *before* its keys are written --
+otherwise its own later tokens could overwrite slots that its earlier queries still
+need; a decode step writes, then attends.
 """
 from __future__ import annotations
 
@@ -45,6 +53,8 @@ class KVCache:
                     "e.g. KVCache.full(args, ...) or capacity=<longest sequence>"
                 )
             capacity = window
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive number of sequences, got {batch_size!r}")
         if capacity <= 0:
             raise ValueError(f"cache capacity must be a positive number of slots, got {capacity}")
         if window is not None and capacity < window and not grow:
@@ -56,11 +66,12 @@ class KVCache:
         shape = (args.n_layers, batch_size, capacity, args.n_kv_heads, args.head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)  # (L, B, S, K, D)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
-        # Absolute position held by each slot, per layer; -1 = empty. Per layer because
-        # a forward pass writes layer by layer, and a chunk's attention at layer l must
-        # see the slots as they were before layer l's write.
-        self.slot_pos = torch.full((args.n_layers, capacity), -1, dtype=torch.long, device=device)
-        self.next_pos = 0  # position of the next token to come
+        # Absolute position held by each slot, per layer and sequence; -1 = empty. Per
+        # layer because a forward pass writes layer by layer, and a chunk's attention at
+        # layer l must see the slots as they were before layer l's write.
+        self.slot_pos = torch.full((args.n_layers, batch_size, capacity), -1, dtype=torch.long, device=device)
+        self.seq_pos = torch.zeros(batch_size, dtype=torch.long)  # next position of each sequence (host)
+        self.end = 0  # one past the highest position reserved so far (what a full cache must read)
 
     @classmethod
     def rolling(cls, args: ModelArgs, batch_size: int = 1, **kw) -> "KVCache":
@@ -85,11 +96,44 @@ class KVCache:
         """Bytes allocated for keys and values (positions bookkeeping excluded)."""
         return self.k.nelement() * self.k.element_size() + self.v.nelement() * self.v.element_size()
 
-    def advance(self, n: int) -> None:
-        self.next_pos += n
+    @property
+    def next_pos(self) -> int:
+        """The next position, when every sequence is at the same one (always at batch 1)."""
+        first = int(self.seq_pos[0])
+        if bool((self.seq_pos != first).any()):
+            raise ValueError(f"the sequences of this batch are at different positions {self.seq_pos.tolist()}: "
+                             f"read cache.seq_pos")
+        return first
+
+    @next_pos.setter
+    def next_pos(self, pos: int) -> None:
+        self.seq_pos.fill_(pos)
+        self.end = max(self.end, pos)
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, start: int) -> None:
+        """Store k, v (B, T, K, D) of positions start .. start+T-1 of every sequence (tests, demos)."""
+        B, T = k.shape[:2]
+        self.reserve(start + T)
+        self.layer(layer).write(k, v, (start + torch.arange(T)).expand(B, T).to(self.k.device))
+
+    def layer(self, i: int) -> "LayerCache":
+        """The view that layer i reads and writes."""
+        return LayerCache(self, i)
+
+    def positions_for(self, lengths: torch.Tensor, T: int, device=None) -> torch.Tensor:
+        """(B, T) positions of the next T columns: sequence b's first lengths[b] columns
+        continue at seq_pos[b]; the rest are padding (-1)."""
+        t = torch.arange(T)
+        pos = self.seq_pos[:, None] + t[None, :]
+        return torch.where(t[None, :] < lengths[:, None], pos, -1).to(device)
+
+    def advance(self, lengths) -> None:
+        """Move each sequence on by the tokens it was given (an int: all by the same)."""
+        self.seq_pos += torch.as_tensor(lengths, dtype=torch.long)
 
     def reserve(self, end: int) -> None:
         """Make room for positions < end: grows a full cache, refuses to wrap a full-attention one."""
+        self.end = max(self.end, end)
         if end <= self.capacity:
             return
         if self.grow:
@@ -103,47 +147,119 @@ class KVCache:
     def _resize(self, capacity: int) -> None:
         # Before any wrap, slot == position, so the old contents keep their slots.
         old = self.capacity
-        for name in ("k", "v"):
+        for name in ("k", "v", "slot_pos"):
             t = getattr(self, name)
-            new = t.new_zeros(t.shape[:2] + (capacity,) + t.shape[3:])
+            fill = -1 if name == "slot_pos" else 0
+            new = t.new_full(t.shape[:2] + (capacity,) + t.shape[3:], fill)
             new[:, :, :old] = t
             setattr(self, name, new)
-        pos = self.slot_pos.new_full((self.slot_pos.shape[0], capacity), -1)
-        pos[:, :old] = self.slot_pos
-        self.slot_pos = pos
 
-    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, start: int) -> None:
-        """Store k, v (B, T, K, D) of positions start .. start+T-1 into slots pos mod capacity."""
-        T, S = k.shape[1], self.capacity
-        if T > S:  # only the last S positions survive; writing the rest would be overwritten anyway
-            k, v, start, T = k[:, T - S:], v[:, T - S:], start + T - S, S
-        tr = trace.active()
-        if tr is not None and tr.wants_layer(layer):
-            self._record(tr, layer, start, T)
-        first = start % S
-        n1 = min(T, S - first)  # contiguous run up to the end of the buffer, then wrap to slot 0
-        self.k[layer, :, first:first + n1] = k[:, :n1]
-        self.v[layer, :, first:first + n1] = v[:, :n1]
-        if T == 1:
-            self.slot_pos[layer, first] = start
-        else:
-            pos = torch.arange(start, start + T, device=self.slot_pos.device)
-            self.slot_pos[layer, first:first + n1] = pos[:n1]
-            if n1 < T:
-                self.k[layer, :, : T - n1] = k[:, n1:]
-                self.v[layer, :, : T - n1] = v[:, n1:]
-                self.slot_pos[layer, : T - n1] = pos[n1:]
+    def readable_slots(self) -> int:
+        """How many slots attention must read: all of a rolling buffer; of a full cache only
+        [0, end), so a full cache of capacity 65,536 holding 40 tokens costs 40 keys."""
+        return min(self.capacity, self.end) if self.grow else self.capacity
 
-    def _record(self, tr, layer: int, start: int, T: int) -> None:
-        S = self.capacity
-        held = self.slot_pos[layer].tolist()
-        for p in range(start, start + T):
-            tr.cache_writes.append(trace.CacheWrite(layer, p % S, p, held[p % S]))
-            held[p % S] = p
-
-    def positions(self, layer: int = 0) -> list[int]:
+    def positions(self, layer: int = 0, seq: int = 0) -> list[int]:
         """Which absolute position each slot holds (-1: empty), for display."""
-        return self.slot_pos[layer].tolist()
+        return self.slot_pos[layer, seq].tolist()
+
+
+class LayerCache:
+    """One layer's slice of a KVCache: what the attention of layer `index` reads and writes.
+
+    k, v (B, S, K, D) and pos (B, S) are views of the cache's tensors (no copy); `write`
+    stores new keys at slot = position mod S. Backends receive this object, never the
+    whole cache, and the Triton backend writes through the same tensors with a kernel.
+    """
+
+    __slots__ = ("cache", "index")
+
+    def __init__(self, cache: KVCache, index: int):
+        self.cache, self.index = cache, index
+
+    @property
+    def k(self) -> torch.Tensor:
+        return self.cache.k[self.index]
+
+    @property
+    def v(self) -> torch.Tensor:
+        return self.cache.v[self.index]
+
+    @property
+    def pos(self) -> torch.Tensor:
+        return self.cache.slot_pos[self.index]
+
+    @property
+    def capacity(self) -> int:
+        return self.cache.capacity
+
+    def slot(self, position):
+        """Where a position lives: position mod S (a full cache never wraps: slot = position)."""
+        return position % self.capacity
+
+    def readable(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(k, v, pos) of the slots attention must read (KVCache.readable_slots): views."""
+        n = self.cache.readable_slots()
+        return self.k[:, :n], self.v[:, :n], self.pos[:, :n]
+
+    def with_chunk(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor):
+        """[cache + chunk] in slot order then chunk order: what a pre-fill chunk attends over
+        before it is written. Returns keys, values (B, S + T, K, D) and positions (B, S + T)."""
+        ck, cv, cpos = self.readable()
+        return torch.cat((ck, k), dim=1), torch.cat((cv, v), dim=1), torch.cat((cpos, positions), dim=1)
+
+    def kept(self, positions: torch.Tensor) -> torch.Tensor:
+        """Which of these (B, T) positions end up in the buffer: real ones (>= 0), and of a
+        call longer than the buffer only each sequence's last S (the rest would be
+        overwritten within the same call)."""
+        last = positions.max(dim=1, keepdim=True).values
+        return (positions >= 0) & (positions > last - self.capacity)
+
+    def write(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
+        """Store k, v (B, T, K, D) of positions (B, T) into slots position mod S (-1: skipped)."""
+        self.record(positions)
+        if positions.shape == (1, 1):  # the decode step of one sequence: plain indexing
+            p = int(positions)
+            if p >= 0:
+                s = self.slot(p)
+                self.k[0, s], self.v[0, s], self.pos[0, s] = k[0, 0], v[0, 0], p
+            return
+        b, t = torch.nonzero(self.kept(positions), as_tuple=True)
+        p = positions[b, t]
+        s = self.slot(p)
+        self.k[b, s] = k[b, t].to(self.k.dtype)
+        self.v[b, s] = v[b, t].to(self.v.dtype)
+        self.pos[b, s] = p
+
+    def append(self, pos: int, k: torch.Tensor, v: torch.Tensor, window: int | None):
+        """The lean decode step's write (fast_decode: one sequence, no trace): store k, v
+        (K, D) of position `pos` of sequence 0, and return the keys and values its query
+        sees as one run of slots each, (n, K, D), so no mask is needed. In a rolling buffer
+        of S = W slots every filled slot is inside the window; in a full cache slot =
+        position, and the window is the last W of them."""
+        s = self.slot(pos)
+        k_, v_ = self.k[0], self.v[0]  # (S, K, D) views
+        k_[s], v_[s] = k, v
+        self.pos[0, s] = pos
+        if self.cache.grow:
+            lo = 0 if window is None else max(0, pos + 1 - window)
+            return k_[lo:pos + 1], v_[lo:pos + 1]
+        n = min(pos + 1, self.capacity)
+        return k_[:n], v_[:n]
+
+    def record(self, positions: torch.Tensor) -> None:
+        """Tell an active trace which slots these positions overwrite (before they do)."""
+        tr = trace.active()
+        if tr is None or not tr.wants_layer(self.index):
+            return
+        keep = self.kept(positions).cpu()
+        positions = positions.cpu()
+        for b in range(positions.shape[0]):
+            held = self.pos[b].tolist()
+            for p in positions[b][keep[b]].tolist():
+                s = self.slot(p)
+                tr.cache_writes.append(trace.CacheWrite(self.index, s, p, held[s], b))
+                held[s] = p
 
 
 def cache_bytes(args: ModelArgs, tokens: int, *, rolling: bool, batch_size: int = 1, bytes_per_element: int = 2) -> int:

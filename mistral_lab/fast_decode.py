@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,19 @@ from . import ops, trace
 from .cache import KVCache
 
 WEIGHTS = ("fp32", "fp16")
+
+
+class LayerWeights(NamedTuple):
+    """One block's weights, packed for the step."""
+
+    attention_norm: torch.Tensor  # (dim,) fp32
+    attention_eps: float
+    wqkv: torch.Tensor  # Wq | Wk | Wv
+    wo: torch.Tensor
+    ffn_norm: torch.Tensor  # (dim,) fp32
+    ffn_eps: float
+    w13: torch.Tensor  # W1 (gate) | W3 (up)
+    w2: torch.Tensor
 
 
 class DecodeStep:
@@ -52,7 +66,7 @@ class DecodeStep:
         self.layers = []
         for layer in model.layers:
             at, ff = layer.attention, layer.feed_forward
-            self.layers.append((
+            self.layers.append(LayerWeights(
                 layer.attention_norm.weight.detach().float(), layer.attention_norm.eps,
                 self._pack(at.wq.weight, at.wk.weight, at.wv.weight), self._pack(at.wo.weight),
                 layer.ffn_norm.weight.detach().float(), layer.ffn_norm.eps,
@@ -75,44 +89,54 @@ class DecodeStep:
         return h + F.linear(x.half(), w) if self.fp16 else torch.addmm(h, x, w)
 
     @staticmethod
-    def supports(model, cache: KVCache) -> bool:
-        """One sequence on the CPU, torch backend, an fp32 model and cache (the step's
-        attention and residual stream are fp32), a rolling buffer of exactly W slots or a
-        full cache; no trace recording (the readable path records every write)."""
+    def unsupported(model, cache: KVCache) -> str | None:
+        """Why this step cannot run this model and cache, or None when it can. It runs one
+        sequence on the CPU with the torch backend, an fp32 model and cache (its attention
+        and residual stream are fp32), over a rolling buffer of exactly W slots or a full
+        cache, and not inside trace.record() (the readable path records every write)."""
         W = model.args.sliding_window
-        layout_ok = cache.grow or (W is not None and cache.capacity == W)
-        fp32 = cache.k.dtype == torch.float32 and model.tok_embeddings.weight.dtype == torch.float32
-        return (cache.batch_size == 1 and cache.k.device.type == "cpu" and model.backend == "torch" and fp32
-                and layout_ok and trace.active() is None and not torch.is_grad_enabled())
+        if cache.batch_size != 1:
+            return f"it decodes one sequence, the cache holds {cache.batch_size}"
+        if cache.k.device.type != "cpu":
+            return f"it runs on the CPU, the cache is on {cache.k.device.type}"
+        if model.backend != "torch":
+            return f"it is the torch backend's step, the model uses backend={model.backend!r}"
+        if cache.k.dtype != torch.float32 or model.tok_embeddings.weight.dtype != torch.float32:
+            return (f"it needs an fp32 model and cache, got {model.tok_embeddings.weight.dtype} weights and "
+                    f"a {cache.k.dtype} cache (load with dtype=torch.float32)")
+        if not (cache.grow or (W is not None and cache.capacity == W)):
+            return f"it reads a rolling buffer of exactly W = {W} slots or a full cache, this one has {cache.capacity} slots"
+        if trace.active() is not None:
+            return "a trace is recording, and the readable model is what it records"
+        if torch.is_grad_enabled():
+            return "it runs without autograd (inside torch.inference_mode() or no_grad())"
+        return None
+
+    @staticmethod
+    def supports(model, cache: KVCache) -> bool:
+        return DecodeStep.unsupported(model, cache) is None
 
     def __call__(self, token: int, cache: KVCache) -> torch.Tensor:
         a = self.args
         H, K, D = a.n_heads, a.n_kv_heads, a.head_dim
         G, W = H // K, a.sliding_window
-        pos = cache.next_pos
+        pos = int(cache.seq_pos[0])
         cache.reserve(pos + 1)
-        S = cache.capacity
-        if cache.grow:  # a full cache: slot = position; the window is the last W of them
-            slot, lo, hi = pos, (0 if W is None else max(0, pos + 1 - W)), pos + 1
-        else:  # the rolling buffer: every filled slot is inside the window
-            slot, lo, hi = pos % S, 0, min(pos + 1, S)
         rope = ops.rope_frequencies(torch.tensor([pos]), D, a.rope_theta)[0]  # (D/2,) complex
         # one factor per rotated row: q rows also carry the softmax scale 1/sqrt(D)
         rope = torch.cat(((rope * self.scale).expand(H, -1), rope.expand(K, -1)))  # (H + K, D/2)
-        cache.slot_pos[:, slot] = pos
         h = self.embedding[token:token + 1]  # (1, dim)
-        for i, (an, ae, wqkv, wo, fn, fe, w13, w2) in enumerate(self.layers):
-            qkv = self._matmul(F.rms_norm(h, an.shape, an, ae), wqkv)[0].float()  # ((H + 2K) D,)
+        for i, w in enumerate(self.layers):
+            qkv = self._matmul(F.rms_norm(h, w.attention_norm.shape, w.attention_norm, w.attention_eps), w.wqkv)
+            qkv = qkv[0].float()  # ((H + 2K) D,)
             qk = torch.view_as_complex(qkv[:self.n_qk].view(H + K, D // 2, 2)) * rope
             qk = torch.view_as_real(qk).view(H + K, D)
-            ck, cv = cache.k[i, 0], cache.v[i, 0]  # (S, K, D)
-            ck[slot] = qk[H:]
-            cv[slot] = qkv[self.n_qk:].view(K, D)
-            scores = torch.matmul(qk[:H].view(K, G, D), ck[lo:hi].permute(1, 2, 0))  # (K, G, n), scaled
-            out = torch.matmul(torch.softmax(scores, dim=-1), cv[lo:hi].transpose(0, 1))  # (K, G, D)
-            h = self._add_matmul(h, out.view(1, H * D), wo)
-            gu = self._matmul(F.rms_norm(h, fn.shape, fn, fe), w13)  # [gate | up]
-            h = self._add_matmul(h, F.silu(gu[:, :a.hidden_dim]) * gu[:, a.hidden_dim:], w2)
+            keys, values = cache.layer(i).append(pos, qk[H:], qkv[self.n_qk:].view(K, D), W)  # (n, K, D)
+            scores = torch.matmul(qk[:H].view(K, G, D), keys.permute(1, 2, 0))  # (K, G, n), scaled
+            out = torch.matmul(torch.softmax(scores, dim=-1), values.transpose(0, 1))  # (K, G, D)
+            h = self._add_matmul(h, out.view(1, H * D), w.wo)
+            gu = self._matmul(F.rms_norm(h, w.ffn_norm.shape, w.ffn_norm, w.ffn_eps), w.w13)  # [gate | up]
+            h = self._add_matmul(h, F.silu(gu[:, :a.hidden_dim]) * gu[:, a.hidden_dim:], w.w2)
         cache.advance(1)
         return self._matmul(F.rms_norm(h, self.norm[0].shape, *self.norm), self.output).float()  # (1, vocab)
 
@@ -130,4 +154,4 @@ def decode_step(model, weights: str = "fp32") -> DecodeStep:
     return held[weights][1]
 
 
-__all__ = ["DecodeStep", "WEIGHTS", "decode_step"]
+__all__ = ["DecodeStep", "LayerWeights", "WEIGHTS", "decode_step"]

@@ -4,9 +4,18 @@ Pre-fill with chunking (the paper, section 2): the prompt is known in advance, s
 keys and values are computed in chunks of `chunk_size` tokens (default W). Each chunk
 attends causally to itself and, through the window, to the cache; then it is written.
 Any chunk size >= 1 gives the same result -- tests pin that.
+
+Batches. generate() and score() take one sequence (a list of ids or a 1-D tensor) or a
+batch of them (a list of lists, or a 2-D tensor) of any lengths. A batch shares one
+cache in which every sequence has its own positions and its own rows of slots; shorter
+prompts are padded on the right with position -1 (never written, never attended); each
+sequence stops on its own (EOS at its own step) and later steps give it no token. The
+result for each sequence is what generating it alone gives (tests pin it to 1e-5).
 """
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -50,7 +59,7 @@ class Generation:
 
 
 def _check_chunk_size(chunk_size) -> None:
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size <= 0):
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0):
         raise ValueError(f"chunk_size must be a positive number of tokens, got {chunk_size!r}")
 
 
@@ -58,39 +67,126 @@ def _default_chunk(model: Transformer, n: int) -> int:
     return model.args.sliding_window or n
 
 
+def _int_like(x) -> bool:
+    """An integer token id: a Python or numpy integer, or a 0-d integer tensor (no bools, no floats)."""
+    if isinstance(x, torch.Tensor):
+        return x.dim() == 0 and not x.dtype.is_floating_point and x.dtype != torch.bool and not x.is_complex()
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
 @torch.inference_mode()
 def prefill(model: Transformer, tokens: torch.Tensor, cache: KVCache, chunk_size: int | None = None,
-            *, all_logits: bool = False) -> torch.Tensor:
+            *, lengths=None, all_logits: bool = False) -> torch.Tensor:
     """Feed tokens (B, T) through the model in chunks, filling `cache`.
 
-    Returns the logits of the last token (B, vocab), or of every token (B, T, vocab).
+    lengths (B,): real tokens per row when the prompts differ in length (padded on the
+    right). Returns the logits of each row's last real token (B, vocab), or of every
+    token (B, T, vocab).
     """
     _check_chunk_size(chunk_size)
-    if tokens.dim() != 2 or tokens.shape[1] == 0:
+    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:
+        raise ValueError(f"tokens must be a (batch, length) tensor of ids, got "
+                         f"{tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__}")
+    if tokens.shape[1] == 0:
         raise ValueError("the prompt is empty: give at least one token (e.g. the BOS token)")
-    chunk = chunk_size or _default_chunk(model, tokens.shape[1])
-    outs = []
-    for i in range(0, tokens.shape[1], chunk):
-        logits = model(tokens[:, i:i + chunk], cache, last_only=not all_logits)
-        outs.append(logits)
-    return torch.cat(outs, dim=1) if all_logits else outs[-1][:, -1]
+    B, T = tokens.shape
+    n = torch.full((B,), T, dtype=torch.long) if lengths is None else torch.as_tensor(lengths, dtype=torch.long).cpu()
+    chunk = chunk_size or _default_chunk(model, T)
+    outs, last = [], None
+    for i in range(0, T, chunk):
+        piece = (n - i).clamp(0, min(chunk, T - i))  # real tokens of each row in this chunk
+        logits = model(tokens[:, i:i + chunk], cache, lengths=None if lengths is None else piece,
+                       last_only=not all_logits)
+        if all_logits:
+            outs.append(logits)
+            continue
+        ends_here = (piece > 0) & (n <= i + chunk)  # rows whose last real token is in this chunk
+        last = logits[:, -1] if last is None else torch.where(ends_here[:, None].to(logits.device), logits[:, -1], last)
+    return torch.cat(outs, dim=1) if all_logits else last
+
+
+def _as_sequences(tokens, model: Transformer) -> tuple[list[torch.Tensor], bool]:
+    """(list of 1-D id tensors on the model's device, whether the input was a batch)."""
+    device = next(model.parameters()).device
+    if isinstance(tokens, torch.Tensor):
+        if tokens.dtype.is_floating_point or tokens.dtype == torch.bool or tokens.is_complex():
+            raise ValueError(f"token ids must be integers, got a {tokens.dtype} tensor")
+        if tokens.dim() not in (1, 2):
+            raise ValueError(f"tokens must be one sequence (1-D) or a batch (2-D), got shape {tuple(tokens.shape)}")
+        batched = tokens.dim() == 2
+        seqs = list(tokens.to(device=device, dtype=torch.long)) if batched else [tokens.to(device=device, dtype=torch.long)]
+    else:
+        items = list(tokens)
+        # a batch is a list of sequences; anything else is one sequence (its ids checked below)
+        batched = bool(items) and isinstance(items[0], (list, tuple, torch.Tensor)) and not _int_like(items[0])
+        seqs = [_ids(x, device) for x in items] if batched else [_ids(items, device)]
+    if not seqs:
+        raise ValueError("the batch is empty: give at least one prompt")
+    for s in seqs:
+        if s.numel() == 0:
+            raise ValueError("the prompt is empty: give at least one token (e.g. the BOS token)")
+    return seqs, batched
+
+
+def _ids(x, device) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        if x.dtype.is_floating_point or x.dtype == torch.bool or x.dim() != 1:
+            raise ValueError(f"each prompt must be a 1-D tensor of integer ids, got {x.dtype} of shape {tuple(x.shape)}")
+        return x.to(device=device, dtype=torch.long)
+    x = list(x)
+    bad = next((t for t in x if not _int_like(t)), None)
+    if bad is not None:
+        raise ValueError(f"token ids must be integers, got {bad!r} ({type(bad).__name__})")
+    return torch.tensor([int(t) for t in x], dtype=torch.long, device=device)
+
+
+def _pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad sequences with id 0 (its position is -1: never seen): (B, T) ids, (B,) lengths."""
+    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+    ids = seqs[0].new_zeros(len(seqs), int(lengths.max()))
+    for b, s in enumerate(seqs):
+        ids[b, :len(s)] = s
+    return ids, lengths
 
 
 @torch.inference_mode()
-def score(model: Transformer, tokens: Sequence[int] | torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
-    """log p(token_t | tokens_<t) for t = 1..T-1, computed by chunked pre-fill: (T-1,) fp32."""
-    ids = _as_batch(tokens, model)
-    if ids.shape[1] < 2:
+def score(model: Transformer, tokens, chunk_size: int | None = None):
+    """log p(token_t | tokens_<t) for t = 1..T-1, computed by chunked pre-fill: (T-1,) fp32.
+
+    A batch (list of sequences or a 2-D tensor) gives a list, one tensor per sequence.
+    """
+    seqs, batched = _as_sequences(tokens, model)
+    if any(len(s) < 2 for s in seqs):
         raise ValueError("scoring needs at least two tokens (the first one is only context)")
     _check_chunk_size(chunk_size)
-    chunk = chunk_size or _default_chunk(model, ids.shape[1])
-    cache, out = model.new_cache(), []
-    # chunk by chunk, so that only one chunk's logits (chunk x vocab) exist at a time
-    for i in range(0, ids.shape[1] - 1, chunk):
-        logp = torch.log_softmax(model(ids[:, i:i + chunk], cache)[0], dim=-1)  # (c, vocab)
-        targets = ids[0, i + 1:i + 1 + chunk]
-        out.append(logp[: len(targets)].gather(-1, targets[:, None])[:, 0])
-    return torch.cat(out)
+    ids, lengths = _pad(seqs)
+    B, T = ids.shape
+    chunk = chunk_size or _default_chunk(model, T)
+    cache, out = model.new_cache(B), []
+    # chunk by chunk, so that only one chunk's logits (B x chunk x vocab) exist at a time
+    for i in range(0, T - 1, chunk):
+        piece = (lengths - i).clamp(0, min(chunk, T - i))
+        logp = torch.log_softmax(model(ids[:, i:i + chunk], cache, lengths=piece), dim=-1)  # (B, c, vocab)
+        targets = ids[:, i + 1:i + 1 + chunk]  # (B, c') with c' <= c
+        out.append(logp[:, :targets.shape[1]].gather(-1, targets[..., None])[..., 0])
+    logps = torch.cat(out, dim=1)  # (B, T-1); entries past a row's length are padding
+    result = [logps[b, :int(lengths[b]) - 1] for b in range(B)]
+    return result if batched else result[0]
+
+
+def check_sampling(temperature, top_k, top_p, seed=None) -> None:
+    """One line per bad setting, before any work: finite temperature >= 0, integer top_k
+    >= 1, top_p in (0, 1], an integer seed in [0, 2**63)."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
+            or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0):
+        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
+                              or not 0.0 < top_p <= 1.0):
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
 
 
 def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
@@ -98,12 +194,7 @@ def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = N
     """Pick the next token from logits (B, vocab): greedy at temperature 0, else sampled
     from the softmax at that temperature, restricted to the top_k tokens and to the
     smallest set whose probability reaches top_p (nucleus)."""
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-    if top_k is not None and top_k <= 0:
-        raise ValueError(f"top_k must be a positive integer, got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    check_sampling(temperature, top_k, top_p)
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
@@ -121,19 +212,6 @@ def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = N
     return torch.multinomial(probs, 1, generator=generator)[..., 0]
 
 
-def _as_batch(tokens, model: Transformer) -> torch.Tensor:
-    device = next(model.parameters()).device
-    if isinstance(tokens, torch.Tensor):
-        ids = tokens.to(device=device, dtype=torch.long)
-    else:
-        ids = torch.tensor(list(tokens), dtype=torch.long, device=device)
-    if ids.dim() == 1:
-        ids = ids[None]
-    if ids.numel() == 0:
-        raise ValueError("the prompt is empty: give at least one token (e.g. the BOS token)")
-    return ids
-
-
 ENGINES = ("auto", "model", "fast", "fast-fp16")
 
 
@@ -143,13 +221,11 @@ def _decode_step(model: Transformer, cache: KVCache, engine: str):
 
     if engine == "model":
         return None
-    ok = DecodeStep.supports(model, cache)
+    why_not = DecodeStep.unsupported(model, cache)
     if engine == "auto":
-        return decode_step(model) if ok else None
-    if not ok:
-        raise ValueError(f"engine={engine!r} runs one sequence of an fp32 model on the CPU with the torch backend, "
-                         f"over a rolling buffer of W slots or a full cache, outside trace.record(): "
-                         f"use engine='model' here")
+        return decode_step(model) if why_not is None else None
+    if why_not is not None:
+        raise ValueError(f"engine={engine!r} cannot run here: {why_not}; use engine='model'")
     return decode_step(model, "fp16" if engine == "fast-fp16" else "fp32")
 
 
@@ -161,7 +237,7 @@ def _sync(device: torch.device) -> None:
 @torch.inference_mode()
 def generate(
     model: Transformer,
-    prompt: Sequence[int],
+    prompt,
     max_new_tokens: int,
     *,
     temperature: float = 0.0,
@@ -173,12 +249,14 @@ def generate(
     cache: KVCache | None = None,
     on_token: Callable[[int], None] | None = None,
     engine: str = "auto",
-) -> Generation:
-    """Generate up to max_new_tokens after `prompt` (a list of token ids).
+):
+    """Generate up to max_new_tokens after `prompt` (a list of token ids), or after each
+    prompt of a batch (a list of lists: returns a list of Generation, one per prompt).
 
-    Stops early at `eos_id` (the EOS token is kept in new_tokens). `on_token` is called
-    with each new token as it is produced (for streaming). With the default rolling
-    buffer the generation can run to any length in constant cache memory.
+    Stops early at `eos_id` (the EOS token is kept in new_tokens), each sequence of a
+    batch on its own. `on_token` is called with each new token as it is produced (for
+    streaming; one sequence only). With the default rolling buffer the generation can run
+    to any length in constant cache memory.
 
     engine picks what runs each decode step (the pre-fill is always the model):
     "model" is Transformer.forward; "fast" is fast_decode.DecodeStep, the same function
@@ -186,42 +264,57 @@ def generate(
     that step with fp16 weight matrices; "auto" takes "fast" where it applies (and not
     inside trace.record(), which records what the model does), else "model".
     """
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
     _check_chunk_size(chunk_size)
-    ids = _as_batch(prompt, model)
-    if ids.shape[0] != 1:
-        raise ValueError("generate() takes one prompt (a list of token ids)")
-    sample(torch.zeros(1, 2), temperature, top_k, top_p)  # validate the sampling settings up front
-    cache = cache if cache is not None else model.new_cache()
-    step = _decode_step(model, cache, engine)
+    check_sampling(temperature, top_k, top_p, seed)
+    seqs, batched = _as_sequences(prompt, model)
+    if on_token is not None and batched:
+        raise ValueError("on_token streams one sequence: generate a batch without it")
+    ids, lengths = _pad(seqs)
+    B = len(seqs)
+    device = ids.device
+    cache = cache if cache is not None else model.new_cache(B)
+    if cache.batch_size != B:
+        raise ValueError(f"the cache holds {cache.batch_size} sequences but {B} prompts were given: "
+                         f"use model.new_cache({B})")
+    step = _decode_step(model, cache, engine) if max_new_tokens > 1 else None
     generator = None
     if seed is not None:
-        generator = torch.Generator(device=ids.device).manual_seed(seed)
+        generator = torch.Generator(device=device).manual_seed(seed)
 
     t0 = time.perf_counter()
-    logits = prefill(model, ids, cache, chunk_size)
-    new: list[int] = []
-    logprobs: list[float] = []
-    stop = "length"
-    _sync(ids.device)
+    logits = prefill(model, ids, cache, chunk_size, lengths=None if B == 1 else lengths)  # (B, vocab)
+    new: list[list[int]] = [[] for _ in range(B)]
+    logprobs: list[list[float]] = [[] for _ in range(B)]
+    stop = ["length"] * B
+    running = torch.ones(B, dtype=torch.bool)
+    _sync(device)
     t1 = time.perf_counter()
-    while len(new) < max_new_tokens:
-        token = sample(logits, temperature, top_k, top_p, generator)  # (1,)
-        tok = int(token)
-        new.append(tok)
-        logprobs.append(float(torch.log_softmax(logits[0].float(), -1)[tok]))
-        if on_token is not None:
-            on_token(tok)
-        if eos_id is not None and tok == eos_id:
-            stop = "eos"
+    while max_new_tokens > 0:
+        token = sample(logits, temperature, top_k, top_p, generator)  # (B,)
+        logp = torch.log_softmax(logits.float(), -1).gather(-1, token[:, None])[:, 0].tolist()
+        toks = token.tolist()
+        for b in torch.nonzero(running).flatten().tolist():
+            new[b].append(toks[b])
+            logprobs[b].append(logp[b])
+            if on_token is not None:
+                on_token(toks[b])
+            if eos_id is not None and toks[b] == eos_id:
+                stop[b], running[b] = "eos", False
+            elif len(new[b]) == max_new_tokens:
+                running[b] = False
+        if not bool(running.any()):
             break
-        if len(new) == max_new_tokens:
-            break
-        logits = model(token[:, None], cache)[:, -1] if step is None else step(tok, cache)
-    _sync(ids.device)
+        if step is not None:
+            logits = step(toks[0], cache)
+        else:
+            feed = torch.where(running.to(device), token, 0)[:, None]  # a stopped sequence gets no token
+            logits = model(feed, cache, lengths=None if bool(running.all()) else running.long())[:, -1]
+    _sync(device)
     t2 = time.perf_counter()
-    stats = GenerationStats(ids.shape[1], len(new), t1 - t0, t2 - t1)
-    return Generation(ids[0].tolist(), new, logprobs, stop, stats, cache)
+    out = [Generation(seqs[b].tolist(), new[b], logprobs[b], stop[b],
+                      GenerationStats(len(seqs[b]), len(new[b]), t1 - t0, t2 - t1), cache) for b in range(B)]
+    return out if batched else out[0]

@@ -2,7 +2,9 @@
 own checkpoints (consolidated.safetensors), so weights load without renaming.
 
 forward(tokens, cache) runs a whole sequence (no cache), a pre-fill chunk, or a decode
-step; the cache carries all state between calls, and no module keeps any.
+step; the cache carries all state between calls, and no module keeps any. A batch may
+hold sequences of different lengths: `lengths` says how many of each row's tokens are
+real (rows are padded on the right), and each sequence continues at its own position.
 """
 from __future__ import annotations
 
@@ -10,9 +12,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import ops
+from . import ops, trace
 from .backends import get_backend
-from .cache import KVCache
+from .cache import KVCache, LayerCache
 from .config import ModelArgs
 
 
@@ -35,7 +37,7 @@ class Attention(nn.Module):
         self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
 
-    def forward(self, x, positions, rope, backend, cache: KVCache | None, layer: int):
+    def forward(self, x, positions, rope, backend, cache: LayerCache | None, layer: int):
         B, T, _ = x.shape
         a = self.args
         q = self.wq(x).view(B, T, a.n_heads, a.head_dim)  # (B, T, H, D)
@@ -43,14 +45,22 @@ class Attention(nn.Module):
         v = self.wv(x).view(B, T, a.n_kv_heads, a.head_dim)
         q, k = ops.apply_rope(q, rope), ops.apply_rope(k, rope)
         W = a.sliding_window
+        tr = trace.active()
+        tr = tr if tr is not None and tr.wants_attention(layer) else None
         if cache is None:
             out = backend.prefill(q, k, v, positions, W)
+            seen = (k, v, positions) if tr else None
         elif T == 1:  # decode: write, then attend over the buffer in place
-            cache.write(layer, k, v, cache.next_pos)
-            out = backend.decode(q, cache.k[layer], cache.v[layer], cache.slot_pos[layer], positions, W)
+            backend.write(cache, k, v, positions)
+            out = backend.decode(q, positions, cache, W)
+            seen = cache.readable() if tr else None
         else:  # pre-fill chunk: attend over [cache + chunk], then write
-            out = backend.chunk(q, k, v, positions, cache.k[layer], cache.v[layer], cache.slot_pos[layer], W)
-            cache.write(layer, k, v, cache.next_pos)
+            seen = cache.with_chunk(k, v, positions) if tr else None  # a copy, taken before the write
+            out = backend.chunk(q, k, v, positions, cache, W)
+            backend.write(cache, k, v, positions)
+        if tr:  # what the backend was handed: q and the keys, values, positions it attended over
+            tr.add_attention(layer, "prefill" if cache is None else "decode" if T == 1 else "chunk",
+                             q, positions, *seen, W, out)
         return self.wo(out.reshape(B, T, a.n_heads * a.head_dim))
 
 
@@ -105,27 +115,56 @@ class Transformer(nn.Module):
             return KVCache.full(self.args, batch_size, **kw)
         return KVCache.rolling(self.args, batch_size, **kw)
 
-    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None, *, last_only: bool = False) -> torch.Tensor:
-        """tokens (B, T) -> logits (B, T, vocab) in fp32 (or (B, 1, vocab) with last_only).
+    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None, *, lengths=None,
+                last_only: bool = False) -> torch.Tensor:
+        """tokens (B, T) -> logits (B, T, vocab) in fp32 (or (B, 1, vocab) with last_only:
+        each row's last real token).
 
-        Without a cache the tokens are positions 0..T-1; with one they continue at
-        cache.next_pos, and the cache advances by T.
+        Without a cache the tokens are positions 0..T-1; with one, sequence b continues at
+        cache.seq_pos[b], and the cache advances by its number of tokens. lengths (B,):
+        how many tokens of each row are real (default: all T); the rest is padding, given
+        position -1, never written to the cache, never attended.
         """
         B, T = tokens.shape
         check_tokens(tokens, self.args.vocab_size)
-        start = 0 if cache is None else cache.next_pos
+        n = _lengths(lengths, B, T)
+        if cache is None:
+            t = torch.arange(T)
+            positions = (t.expand(B, T) if lengths is None else torch.where(t < n[:, None], t, -1)).to(tokens.device)
+        else:
+            if cache.batch_size != B:
+                raise ValueError(f"the cache holds {cache.batch_size} sequences but the tokens have {B} rows: "
+                                 f"use model.new_cache({B})")
+            cache.reserve(int((cache.seq_pos + n).max()))  # grows a full cache; a rolling buffer wraps
+            positions = cache.positions_for(n, T, tokens.device)  # (B, T), -1 = padding
+        h = self.hidden_states(self.tok_embeddings(tokens), positions, cache)
         if cache is not None:
-            cache.reserve(start + T)  # grows a full cache; a rolling buffer simply wraps
-        positions = torch.arange(start, start + T, device=tokens.device)
-        rope = ops.rope_frequencies(positions, self.args.head_dim, self.args.rope_theta)  # (T, D/2) complex
-        h = self.tok_embeddings(tokens)  # (B, T, dim)
-        for i, layer in enumerate(self.layers):
-            h = layer(h, positions, rope, self._backend, cache, i)
-        if cache is not None:
-            cache.advance(T)
+            cache.advance(n)
         if last_only:
-            h = h[:, -1:]
+            h = h[torch.arange(B), (n - 1).clamp(min=0).to(h.device)][:, None]  # (B, 1, dim)
         return self.output(self.norm(h)).float()
+
+    def hidden_states(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
+                      *, n_layers: int | None = None) -> torch.Tensor:
+        """The residual stream after the first n_layers blocks (default: all, before the
+        final norm), from input embeddings x (B, T, dim) at positions (B, T)."""
+        rope = ops.rope_frequencies(positions, self.args.head_dim, self.args.rope_theta)  # (B, T, D/2) complex
+        h = x
+        for i, layer in enumerate(self.layers[:n_layers]):
+            h = layer(h, positions, rope, self._backend, None if cache is None else cache.layer(i), i)
+        return h  # (B, T, dim)
+
+
+def _lengths(lengths, B: int, T: int) -> torch.Tensor:
+    """Real tokens per row as a (B,) host tensor, checked: 0 <= length <= T."""
+    if lengths is None:
+        return torch.full((B,), T, dtype=torch.long)
+    n = torch.as_tensor(lengths).cpu()
+    if n.dtype.is_floating_point or n.dtype == torch.bool or n.shape != (B,):
+        raise ValueError(f"lengths must be {B} integers (real tokens per row), got {lengths!r}")
+    if bool((n < 0).any()) or bool((n > T).any()):
+        raise ValueError(f"lengths must lie in 0..{T} (the row length), got {n.tolist()}")
+    return n.long()
 
 
 def check_tokens(tokens: torch.Tensor, vocab_size: int) -> None:

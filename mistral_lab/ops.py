@@ -20,25 +20,52 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def rope_frequencies(positions: torch.Tensor, head_dim: int, theta: float) -> torch.Tensor:
-    """exp(j * angle) for every position and pair of dimensions: complex (T, D/2).
+    """exp(j * angle) for every position and pair of dimensions: complex (..., D/2).
 
-    Computed from the positions on every call rather than looked up in a table, so a
-    rolling-buffer generation can run past any precomputed length.
+    positions (T,) or (B, T) gives (T, D/2) or (B, T, D/2). Computed from the positions
+    on every call rather than looked up in a table, so a rolling-buffer generation can
+    run past any precomputed length.
     """
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim))
-    angles = positions.float()[:, None] * inv_freq[None, :]  # (T, D/2)
+    angles = positions.float()[..., None] * inv_freq  # (..., D/2)
     return torch.polar(torch.ones_like(angles), angles)
 
 
 def apply_rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     """Rotate interleaved pairs (x[2i], x[2i+1]) by the angles: Mistral/Meta's layout.
 
-    x: (B, T, heads, D); freqs: complex (T, D/2). The pair is the complex number
-    x[2i] + j*x[2i+1]; rotating it is one complex multiplication.
+    x: (B, T, heads, D); freqs: complex (T, D/2) shared by the batch, or (B, T, D/2) when
+    each sequence has its own positions. The pair is the complex number x[2i] + j*x[2i+1];
+    rotating it is one complex multiplication.
     """
     B, T, nh, D = x.shape
     xc = torch.view_as_complex(x.float().reshape(B, T, nh, D // 2, 2))  # (B, T, nh, D/2)
-    return torch.view_as_real(xc * freqs[None, :, None, :]).reshape(B, T, nh, D).type_as(x)
+    f = freqs[None, :, None, :] if freqs.dim() == 2 else freqs[:, :, None, :]
+    return torch.view_as_real(xc * f).reshape(B, T, nh, D).type_as(x)
+
+
+def attention_probs(q: torch.Tensor, k: torch.Tensor, q_pos: torch.Tensor, kv_pos: torch.Tensor,
+                    window: int | None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D)) over the visible keys: (B, H, T, S) in fp32.
+
+    q: (B, T, H, D); k: (B, S, K, D) in any slot order; q_pos (T,) or (B, T); kv_pos (S,)
+    or (B, S), negative for an empty slot or a padding token. masks.visible decides which
+    keys count. A query that sees no key at all (a padding row, position -1) gets a row
+    of zeros, not the NaN of a softmax over nothing.
+
+    GQA without repeating K: the G query heads of a group are folded into the row
+    dimension of one matmul against their shared key head.
+    """
+    B, T, H, D = q.shape
+    S, K = k.shape[1], k.shape[2]
+    G = H // K
+    qg = q.view(B, T, K, G, D).permute(0, 2, 3, 1, 4).reshape(B, K, G * T, D)  # (B, K, G*T, D)
+    scores = (qg @ k.permute(0, 2, 3, 1)).view(B, K, G, T, S) * (1.0 / math.sqrt(D))  # (B, K, G, T, S)
+    mask = mask_for(q_pos, kv_pos, window)  # (T, S) or (B, T, S)
+    mask = mask[:, None, None] if mask.dim() == 3 else mask
+    probs = torch.softmax(scores.float().masked_fill(~mask, float("-inf")), dim=-1)
+    probs = probs.masked_fill(~mask.any(-1, keepdim=True), 0.0)  # rows with no visible key
+    return probs.view(B, H, T, S)  # head h = kv_head * G + g
 
 
 def attention(
@@ -49,25 +76,15 @@ def attention(
     kv_pos: torch.Tensor,
     window: int | None,
 ) -> torch.Tensor:
-    """Grouped-query sliding-window attention by absolute positions.
+    """Grouped-query sliding-window attention by absolute positions: attention_probs @ v.
 
-    q: (B, T, H, D); k, v: (B, S, K, D) in any slot order; q_pos: (T,); kv_pos: (S,),
-    negative for an empty slot. Returns (B, T, H, D).
-
-    GQA without repeating K/V: the G query heads of a group are folded into the row
-    dimension of one matmul against their shared key head.
-    Every query must see at least one key (its own, in this project's call sites):
-    a row with no visible key would be a softmax over nothing (NaN).
+    q: (B, T, H, D); k, v: (B, S, K, D) in any slot order; q_pos: (T,) or (B, T); kv_pos:
+    (S,) or (B, S), negative for an empty slot. Returns (B, T, H, D).
     """
     B, T, H, D = q.shape
     S, K = k.shape[1], k.shape[2]
     G = H // K
-    qg = q.view(B, T, K, G, D).permute(0, 2, 3, 1, 4).reshape(B, K, G * T, D)  # (B, K, G*T, D)
-    kt = k.permute(0, 2, 3, 1)  # (B, K, D, S)
-    scores = (qg @ kt).view(B, K, G, T, S) * (1.0 / math.sqrt(D))  # (B, K, G, T, S)
-    mask = mask_for(q_pos, kv_pos, window)  # (T, S)
-    scores = scores.masked_fill(~mask, float("-inf"))
-    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype).view(B, K, G * T, S)
+    probs = attention_probs(q, k, q_pos, kv_pos, window).to(q.dtype).view(B, K, G * T, S)
     out = probs @ v.permute(0, 2, 1, 3)  # (B, K, G*T, D)
     return out.view(B, K, G, T, D).permute(0, 3, 1, 2, 4).reshape(B, T, H, D)
 

@@ -1,16 +1,29 @@
-"""Instrumentation: collect what the cache and kernels did, for plots.
+"""Instrumentation: collect what the cache, the attention and the kernels did, for plots.
 
     with mistral_lab.trace.record() as t:
         generate(model, prompt, 100)
     t.cache_writes   # every slot write: layer, slot, position written, position evicted
 
-When no trace is active, `active()` returns None and instrumented code skips the
-recording branch: model code stays clean and pays one global lookup.
+    with mistral_lab.trace.record(layers=[3], probs=True, heads=[0, 5]) as t:
+        prefill(model, ids, model.new_cache())
+    t.attention      # one AttentionCall per attention call of layer 3
+    t.attention_band(layer=3, head=5)   # (positions, (N, W) probabilities): the window's band
+
+What is recorded is opt-in and costs nothing when off: `active()` returns None outside
+a block, and instrumented code skips its recording branch (one global lookup).
+
+Attention probabilities. A flash kernel (backend='triton') never materialises them, so
+the trace computes them with ops.attention_probs from the q and the keys that the
+backend was handed for that call (after RoPE, in slot order): the same inputs, on either
+backend. tests/test_trace.py checks that each backend's output equals these
+probabilities times the values, so the view is not circular.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+
+import torch
 
 
 @dataclass(frozen=True)
@@ -19,20 +32,107 @@ class CacheWrite:
     slot: int
     position: int  # absolute position written into the slot
     evicted: int  # absolute position that the slot held before, -1 if it was empty
+    seq: int = 0  # which sequence of the batch
+
+
+@dataclass(frozen=True)
+class AttentionCall:
+    """One attention call of one layer, as the backend saw it.
+
+    kind: "prefill" (no cache), "chunk" (a pre-fill chunk over [cache + chunk]) or
+    "decode" (one query per sequence over the buffer, after its write).
+    q_pos (B, Tq) and k_pos (B, Tk): absolute positions of the queries and of the keys in
+    the order the backend read them (slot order, then the chunk); -1 = padding or an
+    empty slot. probs (B, heads, Tq, Tk) fp32 when asked for; q, k, v (after RoPE) and
+    the backend's output out (B, Tq, H, D) when asked for.
+    """
+
+    layer: int
+    kind: str
+    q_pos: torch.Tensor
+    k_pos: torch.Tensor
+    heads: tuple | None = None
+    probs: torch.Tensor | None = None
+    q: torch.Tensor | None = None
+    k: torch.Tensor | None = None
+    v: torch.Tensor | None = None
+    out: torch.Tensor | None = None
 
 
 @dataclass
 class Trace:
     layers: frozenset[int] | None = None  # record only these layers (None: all)
+    attention_calls: bool = False  # keep an AttentionCall per call
+    probs: bool = False  # ... with its attention probabilities (memory: B x heads x Tq x Tk)
+    qkv: bool = False  # ... with the q, k, v the backend was handed
+    heads: tuple | None = None  # the query heads whose probabilities are kept (None: all)
     cache_writes: list[CacheWrite] = field(default_factory=list)
+    attention: list[AttentionCall] = field(default_factory=list)
     kernel_calls: list = field(default_factory=list)  # filled by mistral_lab.kernels
 
     def wants_layer(self, layer: int) -> bool:
         return self.layers is None or layer in self.layers
 
+    def wants_attention(self, layer: int) -> bool:
+        return self.attention_calls and self.wants_layer(layer)
+
     @property
     def overwrites(self) -> list[CacheWrite]:
         return [w for w in self.cache_writes if w.evicted >= 0]
+
+    def add_attention(self, layer: int, kind: str, q, q_pos, k, v, k_pos, window, out) -> None:
+        """Called by model.Attention with what it hands the backend (k, v: all keys read)
+        and what the backend returned."""
+        from .ops import attention_probs
+
+        probs = None
+        if self.probs:
+            qh = q if self.heads is None else q[:, :, list(self.heads)]
+            if self.heads is not None:  # keep only the asked heads, each with its own K/V head
+                G = q.shape[2] // k.shape[2]
+                kh = k[:, :, [h // G for h in self.heads]]
+                probs = attention_probs(qh, kh, q_pos, k_pos, window)
+            else:
+                probs = attention_probs(qh, k, q_pos, k_pos, window)
+            probs = probs.cpu()
+        kept = [x.detach().clone() if self.qkv else None for x in (q, k, v, out)]
+        # copies: the cache's tensors are views that later writes overwrite
+        self.attention.append(AttentionCall(layer, kind, q_pos.to("cpu", copy=True), k_pos.to("cpu", copy=True),
+                                            self.heads, probs, *kept))
+
+    def calls(self, layer: int) -> list[AttentionCall]:
+        return [c for c in self.attention if c.layer == layer]
+
+    def attention_band(self, layer: int, head: int, seq: int = 0, window: int | None = None):
+        """The probabilities of one head, one row per query position, one column per key
+        distance: band[i, j] = p(query at positions[i] -> key at positions[i] - j).
+
+        At most W columns with a window (W keys are visible), so a 16K-token view is
+        16K x W, not 16K x 16K. Returns (positions (N,), band (N, width)) as tensors,
+        queries in position order; the width is W, or the longest distance seen.
+        """
+        rows, cols, vals, qs = [], [], [], []
+        for c in self.calls(layer):
+            if c.probs is None:
+                raise ValueError("this trace holds no attention probabilities: record(probs=True)")
+            h = head if c.heads is None else list(c.heads).index(head)
+            p = c.probs[seq, h]  # (Tq, Tk)
+            qp, kp = c.q_pos[seq], c.k_pos[seq]
+            ok = (qp[:, None] >= 0) & (kp[None, :] >= 0) & (kp[None, :] <= qp[:, None]) & (p > 0)
+            i, j = torch.nonzero(ok, as_tuple=True)
+            rows.append(qp[i])
+            cols.append(qp[i] - kp[j])
+            vals.append(p[i, j])
+            qs.append(qp[qp >= 0])
+        if not qs:
+            raise ValueError(f"no attention call of layer {layer} was recorded: record(layers=[{layer}], probs=True)")
+        positions = torch.unique(torch.cat(qs))  # sorted
+        rows, cols, vals = torch.cat(rows), torch.cat(cols), torch.cat(vals)
+        width = window or (int(cols.max()) + 1 if cols.numel() else 1)
+        band = torch.zeros(len(positions), width)
+        keep = cols < width
+        band[torch.searchsorted(positions, rows[keep]), cols[keep]] = vals[keep]
+        return positions, band
 
 
 _active: Trace | None = None
@@ -43,11 +143,16 @@ def active() -> Trace | None:
 
 
 @contextmanager
-def record(layers=None):
-    """Record cache writes (and kernel counters) made inside the block."""
+def record(layers=None, *, attention: bool = False, probs: bool = False, qkv: bool = False, heads=None):
+    """Record cache writes (and kernel counters) made inside the block; with attention=True
+    also each attention call's positions, with probs=True its probabilities (implies
+    attention), with qkv=True the q, k, v it was handed. heads limits the probabilities
+    kept to those query heads."""
     global _active
     outer = _active
-    _active = Trace(layers=None if layers is None else frozenset(layers))
+    _active = Trace(layers=None if layers is None else frozenset(layers),
+                    attention_calls=attention or probs or qkv, probs=probs, qkv=qkv,
+                    heads=None if heads is None else tuple(int(h) for h in heads))
     try:
         yield _active
     finally:

@@ -18,7 +18,6 @@ if use_interpreter_if_no_gpu():  # decided before the kernel modules below are i
 from triton.testing import do_bench, do_bench_cudagraph  # noqa: E402
 
 from mistral_lab import ops  # noqa: E402
-from mistral_lab.backends import TorchBackend  # noqa: E402
 from mistral_lab.kernels import bench, decode_attention, swa_attention  # noqa: E402
 
 
@@ -58,7 +57,7 @@ def decode(S=4096, H=32, K=8, D=128):
     ck, cv, cpos = bench.rolling_buffer(n, S, K, D, torch.bfloat16)
     q = torch.randn(1, 1, H, D, device="cuda", dtype=torch.bfloat16)
     position = torch.tensor([n - 1], device="cuda")
-    ref = TorchBackend().decode(q.double(), ck.double(), cv.double(), cpos, position, S)
+    ref = ops.attention(q.double(), ck.double(), cv.double(), position, cpos, S)
     results = []
     for bn in (16, 32, 64, 128):
         for splits in (8, 16, 32, 64, 128):

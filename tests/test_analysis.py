@@ -41,9 +41,8 @@ def test_exact_norm_matches_jacobian():
     model = tiny_model()
     ids = torch.randint(0, 64, (9,), generator=torch.Generator().manual_seed(2))
     x = model.tok_embeddings.weight.detach()[ids][None]
-    from mistral_lab.analysis import _hidden
-
-    J = torch.autograd.functional.jacobian(lambda e: _hidden(model, e, 2)[0, 8], x)  # (dim, 1, T, dim)
+    pos = torch.arange(9)[None]
+    J = torch.autograd.functional.jacobian(lambda e: model.hidden_states(e, pos, n_layers=2)[0, 8], x)  # (dim, 1, T, dim)
     expected = J[:, 0].pow(2).sum((0, 2)).sqrt()  # (T,)
     got = influence(model, ids, [8], layer=2, probes=None)[0]
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)

@@ -123,12 +123,16 @@ def test_trace_records_writes_and_overwrites(model):
     assert len(t.overwrites) == n - W
 
 
-def test_trace_off_records_nothing(model):
-    assert ml.trace.active() is None
-    prefill(model, tokens(3 * W), model.new_cache())
+def test_trace_off_records_nothing(model, monkeypatch):
     with ml.trace.record() as t:
-        pass
-    assert ml.trace.active() is None and t.cache_writes == []
+        prefill(model, tokens(W), model.new_cache())
+    n = len(t.cache_writes)
+    assert n == ARGS.n_layers * W  # the same call records while a trace is on
+    assert ml.trace.active() is None
+    monkeypatch.setattr(ml.trace.Trace, "add_attention", lambda *a: pytest.fail("attention recorded without a trace"))
+    monkeypatch.setattr(ml.trace.CacheWrite, "__init__", lambda *a: pytest.fail("a write recorded without a trace"))
+    prefill(model, tokens(3 * W), model.new_cache())
+    assert len(t.cache_writes) == n  # a closed trace gets nothing more
 
 
 def test_chunk_longer_than_buffer_writes_only_survivors(model):
@@ -222,7 +226,7 @@ def test_bad_tokens_and_prompts(model):
             ml.generate(model, [1, 2], 5, chunk_size=bad)
         with pytest.raises(ValueError, match="chunk_size must be a positive"):
             prefill(model, tokens(4), model.new_cache(), bad)
-    with pytest.raises(ValueError, match="temperature must be >= 0"):
+    with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
         ml.generate(model, [1], 5, temperature=-1)
     with pytest.raises(ValueError, match="unknown attention backend"):
         model.backend = "cuda-magic"

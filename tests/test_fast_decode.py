@@ -98,8 +98,10 @@ def test_auto_falls_back_to_the_model_where_the_step_does_not_apply(model):
 def test_engine_errors_are_one_clear_line(model):
     with pytest.raises(ValueError, match="unknown engine 'turbo'"):
         generate(model, [1, 2], 3, engine="turbo")
-    with pytest.raises(ValueError, match="use engine='model' here"):
-        generate(model, [1, 2], 3, engine="fast", cache=model.new_cache(batch_size=2))
+    with pytest.raises(ValueError, match="it decodes one sequence, the cache holds 2; use engine='model'"):
+        generate(model, [[1, 2], [3]], 3, engine="fast")
+    with pytest.raises(ValueError, match="the cache holds 2 sequences but 1 prompts"):
+        generate(model, [1, 2], 3, cache=model.new_cache(batch_size=2))
     with pytest.raises(ValueError, match="weights must be one of"):
         DecodeStep(model, "int8")
 

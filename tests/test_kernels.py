@@ -1,17 +1,14 @@
 """The Triton kernels against the references (ops.attention, TorchBackend, KVCache.write).
 
-Without a GPU they run in Triton's interpreter: TRITON_INTERPRET=1 must be set before
-the kernel modules are imported, because @triton.jit decides at decoration time (shapes
-stay small: the interpreter costs milliseconds per tile). With a CUDA GPU the same tests
+Without a GPU they run in Triton's interpreter, chosen by tests/conftest.py before any
+kernel module is imported, because @triton.jit decides at decoration time (shapes stay
+small: the interpreter costs milliseconds per tile). With a CUDA GPU the same tests
 run the compiled kernels on the GPU (DEV = "cuda"); tests/test_kernels_gpu.py adds
 bf16 and Mistral 7B's shapes there.
 """
 import os
 
 import torch  # noqa: E402
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import importlib.util  # noqa: E402
 import json  # noqa: E402
@@ -56,6 +53,17 @@ def arange(*a):
 
 def close(out, ref, dtype):
     torch.testing.assert_close(out.float(), ref.float(), **TOL[dtype])
+
+
+def ref_chunk(q, k, v, pos, cache, W):
+    """TorchBackend.chunk in fp32 over a cache of any dtype (the reference for fp16 kernels)."""
+    keys, values, key_pos = cache.layer(0).with_chunk(k, v, pos)
+    return ops.attention(q.float(), keys.float(), values.float(), pos, key_pos, W)
+
+
+def ref_decode(q, pos, cache, W):
+    keys, values, key_pos = cache.layer(0).readable()
+    return ops.attention(q.float(), keys.float(), values.float(), pos, key_pos, W)
 
 
 def qkv(B, T, H, K, D, dtype, seed=0):
@@ -227,10 +235,10 @@ def test_chunk_over_wrapped_buffer(W, chunk):
     B, p0 = 2, 3 * W + 5  # the buffer has wrapped three times
     cache = filled_cache(args, B, p0, torch.float32, seed=W + T)
     q, k, v = qkv(B, T, args.n_heads, args.n_kv_heads, args.head_dim, torch.float32, seed=T)
-    pos = arange(p0, p0 + T)
+    pos = arange(p0, p0 + T).expand(B, T)
     before = cache.k[0].clone()
-    out = BACKEND.chunk(q, k, v, pos, cache.k[0], cache.v[0], cache.slot_pos[0], W)
-    close(out, REF.chunk(q, k, v, pos, cache.k[0], cache.v[0], cache.slot_pos[0], W), torch.float32)
+    out = BACKEND.chunk(q, k, v, pos, cache.layer(0), W)
+    close(out, REF.chunk(q, k, v, pos, cache.layer(0), W), torch.float32)
     assert torch.equal(cache.k[0], before)  # read in place, not modified
 
 
@@ -246,10 +254,9 @@ def test_chunk_partial_and_full_caches(p0, T, W, dtype):
     if W is None:
         cache.reserve(p0 + T)
     q, k, v = qkv(1, T, 8, 2, 32, dtype, seed=p0 + 1)
-    pos = arange(p0, p0 + T)
-    out = BACKEND.chunk(q, k, v, pos, cache.k[0], cache.v[0], cache.slot_pos[0], W)
-    ref = REF.chunk(q.float(), k.float(), v.float(), pos, cache.k[0].float(), cache.v[0].float(), cache.slot_pos[0], W)
-    close(out, ref, dtype)
+    pos = arange(p0, p0 + T)[None]
+    out = BACKEND.chunk(q, k, v, pos, cache.layer(0), W)
+    close(out, ref_chunk(q, k, v, pos, cache, W), dtype)
 
 
 def test_chunk_counters_visit_only_visible_cache_positions():
@@ -259,10 +266,10 @@ def test_chunk_counters_visit_only_visible_cache_positions():
     q, k, v = qkv(B, T, 4, 2, 16, torch.float32)
     pos = arange(p0, p0 + T)
     with mistral_lab.trace.record() as tr:
-        BACKEND.chunk(q, k, v, pos, cache.k[0], cache.v[0], cache.slot_pos[0], W)
+        BACKEND.chunk(q, k, v, pos[None], cache.layer(0), W)
     (call,) = tr.kernel_calls
     BM, BN, pp = call.block_m, call.block_n, call.per_program
-    cpos = cache.slot_pos[0]
+    cpos = cache.slot_pos[0, 0]
     vis_cache = mask_for(pos, cpos, W)  # (T, S)
     for i in range(call.grid[0]):
         rows = vis_cache[i * BM:(i + 1) * BM].any(0)
@@ -301,10 +308,9 @@ def test_decode_matches_reference(p, S, W, G, D, dtype, splits):
     else:
         cache = filled_cache(args, B, p + 1, dtype, seed=p)
     q = rand(B, 1, G * K, D, dtype=dtype, gen=torch.Generator().manual_seed(1))
-    position = torch.tensor([p], device=DEV)
+    position = torch.tensor([[p]] * B, device=DEV)
     out = decode_attention.decode_attention(q, cache.k[0], cache.v[0], cache.slot_pos[0], position, W, num_splits=splits)
-    ref = REF.decode(q.float(), cache.k[0].float(), cache.v[0].float(), cache.slot_pos[0], position, W)
-    close(out, ref, dtype)
+    close(out, ref_decode(q, position, cache, W), dtype)
 
 
 @pytest.mark.parametrize("p,S,W", [(3, 16, 16), (40, 16, 16), (40, 48, 12)])
@@ -316,12 +322,12 @@ def test_decode_counters(p, S, W):
         cache.write(0, rand(B, 1, K, D, dtype=torch.float16), rand(B, 1, K, D, dtype=torch.float16), s)
     q = rand(B, 1, G * K, D, dtype=torch.float16)
     with mistral_lab.trace.record() as tr:
-        BACKEND.decode(q, cache.k[0], cache.v[0], cache.slot_pos[0], torch.tensor([p], device=DEV), W)
+        BACKEND.decode(q, torch.tensor([[p]], device=DEV), cache.layer(0), W)
     (call,) = tr.kernel_calls
     read = min(p + 1, W, S)  # slots holding a visible position: the only ones read
     assert call.totals["kv_bytes"] == B * K * read * D * 2 * 2
     assert call.totals["skipped"] == B * K * (S - read)
-    assert call.totals["visible_pairs"] == B * G * K * int(mask_for(torch.tensor([p], device=DEV), cache.slot_pos[0], W).sum())
+    assert call.totals["visible_pairs"] == B * G * K * int(mask_for(torch.tensor([p], device=DEV), cache.slot_pos[0, 0], W).sum())
     assert call.totals["flops"] == B * G * K * 4 * D * read
     first, last = call.per_program["first_pos"][:, 0], call.per_program["last_pos"][:, 0]
     used = first >= 0
@@ -345,7 +351,7 @@ def test_cache_write_matches_kvcache(dtype, T, start):
     with mistral_lab.trace.record() as ta:
         a.write(1, k, v, start)
     with mistral_lab.trace.record() as tb:
-        cache_write.write(b, 1, k, v, start)
+        BACKEND.write(b.layer(1), k, v, arange(start, start + T).expand(B, T))
     assert torch.equal(a.k, b.k) and torch.equal(a.v, b.v) and torch.equal(a.slot_pos, b.slot_pos)
     assert ta.cache_writes == tb.cache_writes
     (call,) = tb.kernel_calls
@@ -407,6 +413,15 @@ def test_bench_counts_visible_pairs():
     assert bench.decode_flops(32768, 4096, 32, 128) == 4 * 32 * 128 * 4096
 
 
+def test_flex_mask_mod_is_visible():
+    from torch.nn.attention.flex_attention import create_mask
+
+    for W in (1, 3, 8, None):
+        assert torch.equal(create_mask(bench.window_mask_mod(W), None, None, 20, 20, device="cpu")[0, 0], window_mask(20, W))
+        one = create_mask(bench.window_mask_mod(W, q_offset=17), None, None, 1, 20, device="cpu")[0, 0]
+        assert torch.equal(one, mask_for(torch.tensor([17]), torch.arange(20), W))
+
+
 def test_bench_rolling_buffer_layout():
     """The benchmarks' buffers: slot = position mod S, -1 and zeros where nothing was written."""
     ck, cv, cpos = bench.rolling_buffer(10, 4, 2, 8, torch.float16, device="cpu")
@@ -464,7 +479,8 @@ AOT = textwrap.dedent('''
               MID_O="*fp32", MID_ML="*fp32"), dict(NUM_SPLITS=33, GROUP=4, ROWS=16, HEAD_DIM=128, BLOCK_D=128,
               BLOCK_N=64, WINDOWED=True, COUNT=count, ELEM_BYTES=2, DOT_F32=False, PRECISION="ieee"),
               num_warps=4, num_stages=2)
-        build(W._cache_write_kernel, dict(K_SRC=bf, V_SRC=bf, K_DST=bf, V_DST=bf, SLOT_POS="*i64", CTR="*i64"),
+        build(W._cache_write_kernel, dict(K_SRC=bf, V_SRC=bf, K_DST=bf, V_DST=bf, SLOT_POS="*i64", POS="*i64",
+                                          LAST="*i64", CTR="*i64"),
               dict(HEAD_DIM=128, N_KV_HEADS=8, BLOCK=1024, COUNT=count, ELEM_BYTES=2), num_warps=4)
     build(S._swa_prefill_kernel, dict(Q=bf, K=bf, V=bf, O=bf, POS="*i64", CTR="*i64"),
           dict(att, WINDOWED=False, COUNT=False), num_warps=8, num_stages=3)
@@ -483,7 +499,7 @@ def test_kernels_compile_for_sm90():
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     if not os.path.exists(ptxas):
         pytest.skip("Triton's wheel has no bundled ptxas here")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env = {**os.environ, "TRITON_INTERPRET": "0"}  # compile, whatever this session runs
     root = os.path.dirname(os.path.dirname(os.path.abspath(mistral_lab.__file__)))
     env["PYTHONPATH"] = os.pathsep.join([root] + sys.path)
     r = subprocess.run([sys.executable, "-c", AOT], env=env, capture_output=True, text=True, timeout=300)

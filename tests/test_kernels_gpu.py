@@ -5,22 +5,21 @@ Triton's interpreter there, and runs compiled on a GPU too). Errors are relative
 ||out - ref|| / ||ref||, against the fp32 reference on the same (upcast) inputs, with
 fresh random inputs for every check: bf16 operands land between 1e-3 and 1e-2.
 """
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
+from mistral_lab.kernels import use_interpreter_if_no_gpu
+
+if not torch.cuda.is_available() or use_interpreter_if_no_gpu():
     pytest.skip("needs a CUDA GPU with compiled Triton kernels", allow_module_level=True)
 
 import mistral_lab  # noqa: E402
 from mistral_lab import ops  # noqa: E402
-from mistral_lab.backends import TorchBackend  # noqa: E402
 from mistral_lab.generate import generate  # noqa: E402
-from mistral_lab.kernels import triton_backend  # noqa: E402
+from mistral_lab.kernels import chunk_attention, decode_attention, triton_backend  # noqa: E402
 from mistral_lab.kernels.bench import rolling_buffer  # noqa: E402
 
-TRI, REF = triton_backend(), TorchBackend()
+TRI = triton_backend()
 DEV = "cuda"
 REL = {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 1e-5}
 
@@ -53,8 +52,9 @@ def test_chunk_7b_shapes_bf16(p0, T):
     ck, cv, cpos = rolling_buffer(p0, W, K, D, torch.bfloat16)
     q, k, v = qkv(1, T, 32, K, D, torch.bfloat16)
     pos = torch.arange(p0, p0 + T, device=DEV)
-    out = TRI.chunk(q, k, v, pos, ck, cv, cpos, W)
-    ref = REF.chunk(q.float(), k.float(), v.float(), pos, ck.float(), cv.float(), cpos, W)
+    out = chunk_attention.chunk_attention(q, k, v, pos, ck, cv, cpos, W)
+    ref = ops.attention(q.float(), torch.cat((ck, k), 1).float(), torch.cat((cv, v), 1).float(), pos,
+                        torch.cat((cpos, pos)), W)
     assert rel_err(out, ref) < REL[torch.bfloat16]
 
 
@@ -66,8 +66,8 @@ def test_decode_7b_shapes(n, dtype):
     ck, cv, cpos = rolling_buffer(n, S, 8, 128, dtype)
     q = torch.randn(1, 1, 32, 128, device=DEV, dtype=dtype)
     position = torch.tensor([n - 1], device=DEV)
-    out = TRI.decode(q, ck, cv, cpos, position, W)
-    ref = REF.decode(q.double(), ck.double(), cv.double(), cpos, position, W)
+    out = decode_attention.decode_attention(q, ck, cv, cpos, position, W)
+    ref = ops.attention(q.double(), ck.double(), cv.double(), position, cpos, W)
     assert rel_err(out, ref) < REL[dtype]
 
 

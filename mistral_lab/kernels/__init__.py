@@ -91,12 +91,12 @@ def _import_kernels():
 
 
 class TritonBackend:
-    """The attention calls of backends.TorchBackend, as Triton kernels.
+    """The attention calls of backends.TorchBackend, as Triton kernels (same contract).
 
     prefill(q, k, v, positions, window)
-    chunk(q, k, v, positions, cache_k, cache_v, cache_pos, window)
-    decode(q, cache_k, cache_v, cache_pos, position, window)
-    write(cache, layer, k, v, start)       same as KVCache.write, as a kernel
+    chunk(q, k, v, positions, cache, window)    reads the rolling buffer in place
+    decode(q, positions, cache, window)         split across programs (flash-decoding)
+    write(cache, k, v, positions)               the cache-write kernel
     """
 
     name = "triton"
@@ -115,17 +115,18 @@ class TritonBackend:
         self._check_device(q)
         return self._swa.swa_prefill(q, k, v, positions, window)
 
-    def chunk(self, q, k, v, positions, cache_k, cache_v, cache_pos, window):
+    def chunk(self, q, k, v, positions, cache, window):
         self._check_device(q)
-        return self._chunk.chunk_attention(q, k, v, positions, cache_k, cache_v, cache_pos, window)
+        return self._chunk.chunk_attention(q, k, v, positions, cache.k, cache.v, cache.pos, window)
 
-    def decode(self, q, cache_k, cache_v, cache_pos, position, window):
+    def decode(self, q, positions, cache, window):
         self._check_device(q)
-        return self._decode.decode_attention(q, cache_k, cache_v, cache_pos, position, window)
+        return self._decode.decode_attention(q, cache.k, cache.v, cache.pos, positions, window)
 
-    def write(self, cache, layer, k, v, start):
+    def write(self, cache, k, v, positions):
         self._check_device(k)
-        return self._write.write(cache, layer, k, v, start)
+        cache.record(positions)  # the same trace events as the reference write
+        self._write.cache_write(k, v, positions, cache.k, cache.v, cache.pos, layer=cache.index)
 
     def __repr__(self) -> str:
         return f"TritonBackend({'interpreter' if self.interpreting else 'compiled'})"

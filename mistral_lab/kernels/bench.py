@@ -154,7 +154,9 @@ def bench_decode(n_list=(4096, 32768), window: int | None = 4096, heads: int = 3
 
     from . import triton_backend
 
-    backend = triton_backend()
+    triton_backend()  # compiled kernels (CUDA present), imported in order
+    from .decode_attention import decode_attention
+
     flex = torch.compile(flex_attention, dynamic=False)
     elem = torch.finfo(dtype).bits // 8
     out = []
@@ -170,7 +172,7 @@ def bench_decode(n_list=(4096, 32768), window: int | None = 4096, heads: int = 3
         rk, rv = ck.transpose(1, 2).contiguous(), cv.transpose(1, 2).contiguous()
 
         impls = {
-            "triton_decode": lambda: backend.decode(q, ck, cv, cache_pos, position, window),
+            "triton_decode": lambda: decode_attention(q, ck, cv, cache_pos, position, window),
             "sdpa_rolling": lambda: _sdpa(qt, rk, rv),
             "sdpa_full_cache": lambda: _sdpa(qt, fk, fv),
         }

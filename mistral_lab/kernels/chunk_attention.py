@@ -1,9 +1,10 @@
 """Chunked pre-fill attention: the queries of a chunk over [rolling buffer + the chunk].
 
-Same contract as backends.TorchBackend.chunk: q (B, T, H, D), k and v (B, T, K, D) the
-chunk's own keys and values, positions (T,) = p0 .. p0+T-1, cache_k and cache_v
-(B, S, K, D) in slot order, cache_pos (S,) the absolute position of each slot (-1:
-empty). Called *before* the chunk is written, so the buffer holds positions < p0.
+Same contract as backends.TorchBackend.chunk, on the layer's tensors: q (B, T, H, D),
+k and v (B, T, K, D) the chunk's own keys and values, positions (T,) or (B, T) = p0 ..
+p0+T-1 per sequence (then -1 padding in a ragged batch), cache_k and cache_v
+(B, S, K, D) in slot order, cache_pos (S,) or (B, S) the absolute position of each slot
+(-1: empty). Called *before* the chunk is written, so the buffer holds positions < p0.
 
 The buffer is read in place: no torch.cat with the chunk, no copy that un-rotates it.
 Position p lives in slot p mod S (the rolling buffer's rule; a full cache has slot = p).
@@ -26,11 +27,12 @@ import triton.language as tl
 
 from . import counters
 from .swa_attention import (LOG2E, _attend_tile, _attend_window, _empty_state, _load_query_rows, _store_rows,
-                            check_consecutive, check_window, prefill_launch, prepare)
+                            _visible, batch_positions, check_consecutive, check_window, prefill_launch, prepare)
 
 
 @triton.jit
 def _chunk_attention_kernel(Q, K, V, CK, CV, CPOS, POS, O, CTR,
+                            stride_pb, stride_cpb,
                             stride_qb, stride_qt, stride_qh,
                             stride_kb, stride_kt, stride_kh,
                             stride_vb, stride_vt, stride_vh,
@@ -49,6 +51,8 @@ def _chunk_attention_kernel(Q, K, V, CK, CV, CPOS, POS, O, CTR,
     kh = pid_bk % n_kv_heads
     m0 = pid_m * BLOCK_M
     m1 = tl.minimum(m0 + BLOCK_M, T) - 1
+    POS = POS + b.to(tl.int64) * stride_pb  # this sequence's positions and slots' positions
+    CPOS = CPOS + b.to(tl.int64) * stride_cpb
 
     q, q_pos, t, g, row_ok = _load_query_rows(Q, POS, b, kh, stride_qb, stride_qt, stride_qh, T, m0,
                                               GROUP, GROUP_P2, HEAD_DIM, BLOCK_D, BLOCK_M, DOT_F32)
@@ -59,7 +63,7 @@ def _chunk_attention_kernel(Q, K, V, CK, CV, CPOS, POS, O, CTR,
     d_ok = d < HEAD_DIM
 
     # ---- 1. The rolling buffer, in place: positions [c_lo, p0), slot = position mod S.
-    p0 = tl.load(POS).to(tl.int32)
+    p0 = tl.load(POS).to(tl.int32)  # -1 when this sequence has no token in the chunk: reads nothing
     if WINDOWED:
         c_lo = tl.maximum(p0 + m0 - window + 1, 0)  # oldest position query m0 can see
     else:
@@ -76,10 +80,7 @@ def _chunk_attention_kernel(Q, K, V, CK, CV, CPOS, POS, O, CTR,
         # Memory traffic: BLOCK_N * D elements of K and of V (one row per slot), for G heads.
         k = tl.load(CK_ptr + slot[:, None] * stride_ckt + d[None, :], mask=it_ok[:, None] & d_ok[None, :], other=0.0)
         v = tl.load(CV_ptr + slot[:, None] * stride_cvt + d[None, :], mask=it_ok[:, None] & d_ok[None, :], other=0.0)
-        vis = (k_pos[None, :] <= q_pos[:, None]) & (k_pos[None, :] >= 0)
-        if WINDOWED:
-            vis = vis & (k_pos[None, :] > q_pos[:, None] - window)
-        vis = vis & it_ok[None, :]
+        vis = _visible(q_pos[:, None], k_pos[None, :], window, WINDOWED) & it_ok[None, :]
         acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k, v, vis, qk_scale, True, DOT_F32, PRECISION)
         if COUNT:
             n_k = tl.minimum(c_hi - start, BLOCK_N).to(tl.int64)
@@ -122,10 +123,11 @@ def chunk_attention(q, k, v, positions, cache_k, cache_v, cache_pos, window,
     out_dtype, elem_bytes = q.dtype, cache_k.element_size()
     q, k, v, cache_k, cache_v = (prepare(x) for x in (q, k, v, cache_k, cache_v))
     G, G_P2, cfg, o, grid, ctr, count, dot_f32, precision = prefill_launch(q, Kh, block_m, block_n, counters.CHUNK)
-    positions = positions.to(device=q.device, dtype=torch.int64).contiguous()
-    cache_pos = cache_pos.to(device=q.device, dtype=torch.int64).contiguous()
+    positions = batch_positions(positions, B, q.device)
+    cache_pos = batch_positions(cache_pos, B, q.device)
     _chunk_attention_kernel[grid](
         q, k, v, cache_k, cache_v, cache_pos, positions, o, ctr,
+        positions.stride(0), cache_pos.stride(0),
         q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),

@@ -1,8 +1,9 @@
 """Decode attention over the rolling buffer, split across programs (flash-decoding).
 
-Same contract as backends.TorchBackend.decode: q (B, 1, H, D) one query per sequence at
-`position` (a (1,) tensor, already written into the buffer), cache_k and cache_v
-(B, S, K, D) in slot order, cache_pos (S,) absolute positions (-1: empty).
+Same contract as backends.TorchBackend.decode, on the layer's tensors: q (B, 1, H, D) one
+query per sequence at `position` ((B, 1), or (1,) shared; already written into the
+buffer; -1: a sequence that has stopped, which reads nothing and gets zeros), cache_k and
+cache_v (B, S, K, D) in slot order, cache_pos (S,) or (B, S) absolute positions (-1: empty).
 
 Why split. One query per sequence leaves B * K programs if each program owns a KV
 head: at batch 1 that is 8 programs for Mistral 7B on a GPU with 132 multiprocessors,
@@ -27,12 +28,13 @@ import triton
 import triton.language as tl
 
 from . import counters
-from .swa_attention import LOG2E, _attend_tile, _empty_state, check_window, dot_settings, interpreting, prepare
+from .swa_attention import (LOG2E, _attend_tile, _empty_state, _visible, batch_positions, check_window, dot_settings,
+                            interpreting, prepare)
 
 
 @triton.jit
 def _decode_split_kernel(Q, CK, CV, CPOS, POS, MID_O, MID_ML, CTR,
-                         stride_qb, stride_qh,
+                         stride_pb, stride_cpb, stride_qb, stride_qh,
                          stride_ckb, stride_ckt, stride_ckh,
                          stride_cvb, stride_cvt, stride_cvh,
                          S, n_kv_heads, n_heads, window, qk_scale,
@@ -54,7 +56,8 @@ def _decode_split_kernel(Q, CK, CV, CPOS, POS, MID_O, MID_ML, CTR,
                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)
     if DOT_F32:
         q = q.to(tl.float32)
-    p = tl.load(POS).to(tl.int32)
+    p = tl.load(POS + b.to(tl.int64) * stride_pb).to(tl.int32)
+    CPOS = CPOS + b.to(tl.int64) * stride_cpb
 
     # Visible positions [lo, p], cut into NUM_SPLITS runs of whole tiles.
     if WINDOWED:
@@ -78,9 +81,7 @@ def _decode_split_kernel(Q, CK, CV, CPOS, POS, MID_O, MID_ML, CTR,
         # Memory traffic: BLOCK_N * D elements of K and of V, read once for all G heads.
         k = tl.load(CK_ptr + slot[:, None] * stride_ckt + d[None, :], mask=it_ok[:, None] & d_ok[None, :], other=0.0)
         v = tl.load(CV_ptr + slot[:, None] * stride_cvt + d[None, :], mask=it_ok[:, None] & d_ok[None, :], other=0.0)
-        vis = (k_pos <= p) & (k_pos >= 0) & it_ok
-        if WINDOWED:
-            vis = vis & (k_pos > p - window)
+        vis = _visible(p, k_pos, window, WINDOWED) & it_ok
         vis2 = vis[None, :] & (rows >= 0)[:, None]  # (ROWS, BLOCK_N)
         acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, k, v, vis2, qk_scale, True, DOT_F32, PRECISION)
         if COUNT:
@@ -123,8 +124,10 @@ def _decode_combine_kernel(MID_O, MID_ML, O, stride_ob, stride_oh, n_heads,
     l = tl.load(MID_ML + base * 2 + 1, mask=s_ok, other=0.0)
     acc = tl.load(MID_O + base[:, None] * BLOCK_D + d[None, :], mask=s_ok[:, None], other=0.0)
     m_max = tl.max(m, 0)
+    m_max = tl.where(m_max == float("-inf"), 0.0, m_max)  # a stopped sequence: no split saw a key
     w = tl.math.exp2(m - m_max)  # splits that saw nothing have m = -inf: weight 0
-    out = tl.sum(acc * w[:, None], 0) / tl.sum(l * w, 0)
+    den = tl.sum(l * w, 0)
+    out = tl.sum(acc * w[:, None], 0) / tl.where(den == 0.0, 1.0, den)  # no key at all: zeros
     tl.store(O + b.to(tl.int64) * stride_ob + h * stride_oh + d, out.to(O.dtype.element_ty), mask=d < HEAD_DIM)
 
 
@@ -177,11 +180,11 @@ def decode_attention(q, cache_k, cache_v, cache_pos, position, window,
     grid = (splits, B * Kh)
     ctr, count = counters.buffer(grid, len(counters.DECODE), q.device)
     dot_f32, precision = dot_settings(q.dtype)
-    position = position.to(device=q.device, dtype=torch.int64).reshape(-1)[:1].contiguous()
-    cache_pos = cache_pos.to(device=q.device, dtype=torch.int64).contiguous()
+    position = batch_positions(position.reshape(-1, 1) if position.dim() == 2 else position.reshape(-1)[:1], B, q.device)
+    cache_pos = batch_positions(cache_pos, B, q.device)
     _decode_split_kernel[grid](
         q, cache_k, cache_v, cache_pos, position, mid_o, mid_ml, ctr,
-        q.stride(0), q.stride(2),
+        position.stride(0), cache_pos.stride(0), q.stride(0), q.stride(2),
         cache_k.stride(0), cache_k.stride(1), cache_k.stride(2),
         cache_v.stride(0), cache_v.stride(1), cache_v.stride(2),
         S, Kh, H, window or 0, LOG2E / math.sqrt(D),

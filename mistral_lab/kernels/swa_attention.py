@@ -2,7 +2,8 @@
 outside the window.
 
 Same contract as `ops.attention(q, k, v, positions, positions, window)`:
-q (B, T, H, D), k and v (B, T, K, D), positions (T,) consecutive. Returns (B, T, H, D).
+q (B, T, H, D), k and v (B, T, K, D), positions (T,) or (B, T): each row consecutive,
+optionally followed by padding (-1) in a ragged batch. Returns (B, T, H, D).
 
 Work decomposition. One program owns BLOCK_M consecutive queries of one sequence and
 *all G query heads of one key/value head* (grid = (cdiv(T, BLOCK_M), B * K)). The G
@@ -80,18 +81,31 @@ def check_window(window) -> None:
 def prepare(x: torch.Tensor) -> torch.Tensor:
     """Last dimension contiguous (the kernels assume d-stride 1); bf16 upcast in the interpreter."""
     if interpreting() and x.dtype == torch.bfloat16:
-        x = x.float()  # the interpreter's bf16 is broken (DESIGN.md section 5)
+        x = x.float()  # the interpreter's bf16 is broken (docs/ARCHITECTURE.md, Tolerances)
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
 def check_consecutive(positions: torch.Tensor) -> None:
-    """The kernels find the window's key blocks by index: positions must be p0, p0+1, ...
+    """The kernels find the window's key blocks by index: each row's positions must be
+    p0, p0+1, ..., then only padding (-1) -- the right-padding of a ragged batch.
 
     Checked only where it costs no device synchronisation (positions on the CPU).
     """
-    if positions.device.type == "cpu" and positions.numel() > 1:
-        if not bool((positions[1:] - positions[:-1] == 1).all()):
-            raise ValueError("the triton backend needs consecutive positions (p0, p0+1, ...) within a call")
+    if positions.device.type == "cpu" and positions.shape[-1] > 1:
+        p = positions.reshape(-1, positions.shape[-1])
+        step_ok = (p[:, 1:] - p[:, :-1] == 1) | (p[:, 1:] < 0)
+        pad_ok = (p[:, :-1] >= 0) | (p[:, 1:] < 0)  # once padding starts, it stays
+        if not bool((step_ok & pad_ok).all()):
+            raise ValueError("the triton backend needs consecutive positions (p0, p0+1, ...) within a call, "
+                             "padding (-1) only at the end of a row")
+
+
+def batch_positions(positions: torch.Tensor, B: int, device) -> torch.Tensor:
+    """(B, N) int64 contiguous positions on `device`: a shared (N,) row is repeated per sequence."""
+    positions = positions.to(device=device, dtype=torch.int64)
+    if positions.dim() == 1:
+        positions = positions.expand(B, -1)
+    return positions.contiguous()
 
 
 # ---------------------------------------------------------------------------------
@@ -107,6 +121,16 @@ def _empty_state(ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
     l_i = tl.zeros([ROWS], dtype=tl.float32)
     zero = tl.zeros([], dtype=tl.int64)
     return acc, m_i, l_i, zero, zero, zero, zero
+
+
+@triton.jit
+def _visible(q_pos, k_pos, window, WINDOWED: tl.constexpr):
+    """masks.visible on broadcastable position tensors, composed with AND: causal, a filled
+    slot (k_pos >= 0: empty slots and padding are -1), inside the window."""
+    vis = (k_pos <= q_pos) & (k_pos >= 0)
+    if WINDOWED:
+        vis = vis & (k_pos > q_pos - window)
+    return vis
 
 
 @triton.jit
@@ -154,11 +178,7 @@ def _attend_key_blocks(acc, m_i, l_i, n_tiles, kv_bytes, flops, n_visible,
             k_pos = tl.load(POS + kn, mask=k_ok, other=-1)
             k = tl.load(K_ptr + kn[:, None] * stride_kt + d[None, :], mask=k_ok[:, None] & d_ok[None, :], other=0.0)
             v = tl.load(V_ptr + kn[:, None] * stride_vt + d[None, :], mask=k_ok[:, None] & d_ok[None, :], other=0.0)
-            # masks.visible, composed with AND: causal, filled slot, inside the window.
-            vis = (k_pos[None, :] <= q_pos[:, None]) & (k_pos[None, :] >= 0)
-            if WINDOWED:
-                vis = vis & (k_pos[None, :] > q_pos[:, None] - window)
-            vis = vis & k_ok[None, :]
+            vis = _visible(q_pos[:, None], k_pos[None, :], window, WINDOWED) & k_ok[None, :]
         else:
             # Interior tile: every key is visible to every query of the program, no mask.
             # Memory traffic: BLOCK_N * D elements of K and of V, read once for G heads.
@@ -251,7 +271,7 @@ def _store_rows(O, acc, l_i, b, kh, t, g, row_ok, stride_ob, stride_ot, stride_o
 
 @triton.jit
 def _swa_prefill_kernel(Q, K, V, O, POS, CTR,
-                        stride_qb, stride_qt, stride_qh,
+                        stride_pb, stride_qb, stride_qt, stride_qh,
                         stride_kb, stride_kt, stride_kh,
                         stride_vb, stride_vt, stride_vh,
                         stride_ob, stride_ot, stride_oh,
@@ -267,6 +287,7 @@ def _swa_prefill_kernel(Q, K, V, O, POS, CTR,
     kh = pid_bk % n_kv_heads
     m0 = pid_m * BLOCK_M
     m1 = tl.minimum(m0 + BLOCK_M, T) - 1  # last real query of this program
+    POS = POS + b.to(tl.int64) * stride_pb  # this sequence's positions
 
     # Q tile: read once, stays in registers for the whole key loop.
     q, q_pos, t, g, row_ok = _load_query_rows(Q, POS, b, kh, stride_qb, stride_qt, stride_qh, T, m0,
@@ -335,10 +356,10 @@ def swa_prefill(q, k, v, positions, window, *, block_m: int | None = None, block
     q, k, v = prepare(q), prepare(k), prepare(v)
     G, G_P2, cfg, o, grid, ctr, count, dot_f32, precision = prefill_launch(
         q, Kh, block_m, block_n, counters.PREFILL, num_warps, num_stages)
-    positions = positions.to(device=q.device, dtype=torch.int64).contiguous()
+    positions = batch_positions(positions, B, q.device)
     _swa_prefill_kernel[grid](
         q, k, v, o, positions, ctr,
-        q.stride(0), q.stride(1), q.stride(2),
+        positions.stride(0), q.stride(0), q.stride(1), q.stride(2),
         k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         o.stride(0), o.stride(1), o.stride(2),

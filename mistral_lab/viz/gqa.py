@@ -2,7 +2,7 @@
 and what the heads of one group do with the keys they share.
 
     qkv = layer_qkv(model, ids, layer=2)              # q (1,T,H,D), k, v (1,T,K,D), positions
-    probs = attention_probs(qkv)                       # (H, T, T), from ops.attention itself
+    probs = attention_probs(qkv)                       # (H, T, T): ops.attention_probs
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from .. import ops
+from .. import ops, trace
 from ..cache import cache_bytes
 from ..config import ModelArgs
 from . import escape_label
@@ -60,49 +60,22 @@ def decode_bytes_figure(args: ModelArgs, context: int, bytes_per_element: int = 
     return fig
 
 
-class _Catch:
-    """Wraps an attention backend and keeps the q/k/v one layer hands to it."""
-
-    def __init__(self, inner, layer: int):
-        self.inner, self.name, self.layer, self.calls, self.caught = inner, inner.name, layer, 0, None
-
-    def prefill(self, q, k, v, positions, window):
-        if self.calls == self.layer:
-            self.caught = dict(q=q.clone(), k=k.clone(), v=v.clone(), positions=positions.clone(), window=window)
-        self.calls += 1
-        return self.inner.prefill(q, k, v, positions, window)
-
-
 @torch.inference_mode()
 def layer_qkv(model, ids, layer: int) -> dict:
     """q (1,T,H,D), k, v (1,T,K,D) after RoPE, positions and window, exactly as one layer of a
-    real forward pass (no cache) hands them to its attention backend."""
-    inner = model._backend
-    catch = _Catch(inner, layer)
-    model._backend = catch
-    try:
+    real forward pass (no cache) hands them to its attention backend (read from a trace)."""
+    with trace.record(layers=[layer], qkv=True) as t:
         model(torch.tensor([ids]))
-    finally:
-        model._backend = inner
-    return catch.caught
+    (call,) = t.calls(layer)
+    return dict(q=call.q, k=call.k, v=call.v, positions=call.q_pos[0], window=model.args.sliding_window)
 
 
 @torch.inference_mode()
 def attention_probs(qkv: dict) -> torch.Tensor:
-    """(H, T, T) attention probabilities, read out of ops.attention itself: with the values
-    set to one-hot vectors (the identity), the output row of a query IS its softmax row.
-    The identity is fed D columns at a time, since values must have head_dim columns."""
-    q, k, pos, W = qkv["q"], qkv["k"], qkv["positions"], qkv["window"]
-    B, T, H, D = q.shape
-    K = k.shape[2]
-    eye = torch.eye(T, dtype=q.dtype)
-    cols = []
-    for c0 in range(0, T, D):
-        block = torch.zeros(T, D, dtype=q.dtype)
-        block[:, :min(D, T - c0)] = eye[:, c0:c0 + D]
-        v = block[None, :, None, :].expand(B, T, K, D)  # (B, T, K, D): key t carries e_t
-        cols.append(ops.attention(q, k, v, pos, pos, W)[0, :, :, :min(D, T - c0)])  # (T, H, cols)
-    return torch.cat(cols, dim=-1).permute(1, 0, 2)  # (H, T, T)
+    """(H, T, T) attention probabilities of the layer: ops.attention_probs, the softmax that
+    ops.attention multiplies the values by."""
+    pos = qkv["positions"]
+    return ops.attention_probs(qkv["q"], qkv["k"], pos, pos, qkv["window"])[0]
 
 
 def group_heads_figure(probs: torch.Tensor, pieces: list[str], group: int, n_rep: int) -> go.Figure:

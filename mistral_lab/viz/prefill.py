@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import plotly.graph_objects as go
 import torch
 
-from .. import backends
+from .. import trace
 from ..cache import cache_bytes
 from ..config import ModelArgs
 from ..generate import prefill
@@ -100,18 +100,12 @@ def memory_for_chunk(args: ModelArgs, chunk: int, batch_size: int = 1, bytes_per
 
 @contextmanager
 def attention_shapes():
-    """Record (q.shape, k.shape) of every reference attention call made inside the block."""
-    calls, original = [], backends.ops.attention
-
-    def spy(q, k, v, q_pos, kv_pos, window):
-        calls.append((tuple(q.shape), tuple(k.shape)))
-        return original(q, k, v, q_pos, kv_pos, window)
-
-    backends.ops.attention = spy
-    try:
-        yield calls
-    finally:
-        backends.ops.attention = original
+    """(q.shape, k.shape) of every attention call made inside the block, from a trace:
+    q (B, T, H, D) and the keys it attended over (B, S, K, D), filled when the block ends."""
+    shapes = []
+    with trace.record(qkv=True) as t:
+        yield shapes
+    shapes.extend((tuple(c.q.shape), tuple(c.k.shape)) for c in t.attention)
 
 
 def memory_figure(rows: list[dict], tokens: int) -> go.Figure:
