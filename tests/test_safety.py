@@ -276,3 +276,23 @@ def test_out_refusals_and_overwrite(tmp_path):
     with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
         train_mod.prepare_out(tmp_path / "file")
     train_mod.prepare_out(tmp_path / "new" / "deeper")  # a new folder: fine
+
+
+def test_cli_resume_continues_and_refuses_other_settings(tmp_path, data_dir, capsys):
+    from mistral_lab.__main__ import main
+
+    out = tmp_path / "run"
+    small = ["train", "--preset", "tiny", "--steps", "4", "--batch-size", "2", "--seq-len", "16", "--eval-every", "2",
+             "--quiet", "--data-dir", str(data_dir)]
+    assert main([*small, "--out", str(out)]) == 0
+    before = weights.load(out)
+    assert main(["train", "--resume", str(out), "--quiet"]) == 0  # finished: saves the same model again
+    assert same(weights.load(out), before)
+    assert main(["train", "--resume", str(out), "--steps", "6", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "was trained with steps=4, not 6: resume without --steps" in err
+    assert main([*small, "--out", str(out)]) == 2
+    assert "holds a training run: continue it with --resume" in capsys.readouterr().err
+    log = (out / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(line).get("step") for line in log] == [1, 2, 3, 4, None]  # + the resume marker
+    assert all(json.loads(line)["v"] == 1 for line in log)
