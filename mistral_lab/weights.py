@@ -1,4 +1,4 @@
-"""Checkpoints: load any layout in layouts.LAYOUTS into a Transformer, and write each of them.
+"""Checkpoints: load any of three layouts into a Transformer, and write each of them.
 
 The layout is detected from the files in the directory (a path may also name a file
 inside it); layouts.py describes each one. This module only orchestrates:
