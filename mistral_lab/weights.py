@@ -57,9 +57,9 @@ def load(path=None, *, dtype: torch.dtype | None = None, device="cpu", backend: 
     config_file, args, tied, config = read_config(folder, name, with_dict=True)
     weight_files = layout.weight_files(folder)
     device = torch.device(device)
-    names = {k: layout.to_file(k) for k in _expected(args) if not (tied and k == "output.weight")}
-    idx = index(weight_files)
     expected = _expected(args)
+    names = {k: layout.to_file(k) for k in expected if not (tied and k == "output.weight")}
+    idx = index(weight_files)
     _check(idx, names, expected, layout, weight_files[0] if len(weight_files) == 1 else folder, config_file.name, tied)
     if layout.name == OWN:  # after the checks above, which name the problem more precisely
         _check_manifest(folder, config_file, config)
