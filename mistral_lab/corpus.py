@@ -17,6 +17,7 @@ of every work, so a split's token stream depends on its text and the tokenizer o
 from __future__ import annotations
 
 import io
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import sentencepiece as spm
+
+from .files import atomic_write_bytes, atomic_write_json
 
 DOC_SEP = "\f"  # between works in a split's text; never encoded as a token
 
@@ -153,7 +156,7 @@ def train_tokenizer(text: str, out_path: str | Path, vocab_size: int = 4096) -> 
     )
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_bytes(model.getvalue())
+    atomic_write_bytes(out_path, model.getvalue())
     return out_path
 
 
@@ -178,22 +181,35 @@ def unigram_perplexity(train_tokens: np.ndarray, heldout_tokens: np.ndarray, voc
     return math.exp(-log_p[targets].mean())
 
 
-def prepare(out_dir: str | Path, vocab_size: int = 4096) -> dict:
+def prepare(out_dir: str | Path, vocab_size: int = 4096, corpus: Corpus | None = None) -> dict:
     """Build everything training needs into `out_dir`; returns the numbers.
 
     Writes tokenizer.model, heldout.txt (the held-out split's text, as shipped in
-    assets/), train.bin and heldout.bin (uint16 token ids, see encode_corpus).
+    assets/), train.bin and heldout.bin (uint16 token ids, see encode_corpus), and
+    corpus.json (these numbers) last: a folder with a corpus.json for the same vocab_size
+    is complete and is reused as it is (a resumed run trains on the very same tokens).
+    `corpus`: the texts to use instead of Shakespeare's (tests, other data).
     """
     out_dir = Path(out_dir)
+    stamp = out_dir / "corpus.json"
+    if stamp.is_file():
+        try:
+            stats = json.loads(stamp.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            stats = None
+        done = all((out_dir / n).is_file() for n in ("tokenizer.model", "train.bin", "heldout.bin"))
+        if isinstance(stats, dict) and stats.get("vocab_size") == vocab_size and done:
+            return stats
     out_dir.mkdir(parents=True, exist_ok=True)
-    corpus = build_corpus()
+    stamp.unlink(missing_ok=True)  # incomplete until the numbers are written, last
+    corpus = corpus or build_corpus()
     tok_path = train_tokenizer(corpus.train, out_dir / "tokenizer.model", vocab_size)
-    (out_dir / "heldout.txt").write_text(corpus.heldout, encoding="ascii", newline="")
+    atomic_write_bytes(out_dir / "heldout.txt", corpus.heldout.encode("utf-8"))
     train_ids = encode_corpus(tok_path, corpus.train)
     heldout_ids = encode_corpus(tok_path, corpus.heldout)
-    train_ids.tofile(out_dir / "train.bin")
-    heldout_ids.tofile(out_dir / "heldout.bin")
-    return {
+    atomic_write_bytes(out_dir / "train.bin", train_ids.tobytes())
+    atomic_write_bytes(out_dir / "heldout.bin", heldout_ids.tobytes())
+    stats = {
         "vocab_size": vocab_size,
         "train_works": list(corpus.train_works),
         "heldout_works": list(corpus.heldout_works),
@@ -203,3 +219,5 @@ def prepare(out_dir: str | Path, vocab_size: int = 4096) -> dict:
         "heldout_tokens": int(heldout_ids.size),
         "unigram_perplexity": unigram_perplexity(train_ids, heldout_ids, vocab_size),
     }
+    atomic_write_json(stamp, stats)
+    return stats

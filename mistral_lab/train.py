@@ -2,26 +2,43 @@
 
     python -m mistral_lab train --out runs/shakespeare --device cuda   # the shipped model's recipe
     python -m mistral_lab train --preset tiny --steps 5 ...   # a smoke run
+    python -m mistral_lab train --resume runs/shakespeare      # continue an interrupted run
 
 Seeded end to end (data order, initialization); random crops of seq_len + 1 tokens
 from the training split; AdamW with warm-up and cosine decay; bf16 autocast with fp32
-master weights. Each run writes to --out: the model (project layout), the tokenizer,
-and train_log.jsonl (the loss curve).
+master weights. Each run writes to its folder: train_log.jsonl (the loss curve, one
+line per step, appended and flushed line by line), checkpoint.pt (at every evaluation
+and at the end), then the model (project layout) and the tokenizer.
+
+Nothing is lost: every file is written whole or not at all (files.atomic_write), a run
+never writes into a folder holding anything else, and a resumed run restores the model,
+the optimizer, the step (which sets the learning rate) and the data order's RNG, so it
+ends bitwise equal to an uninterrupted run on the same machine. The log of a resumed
+run keeps its old lines: a {"event": "resume"} line marks where it continued, and the
+steps after the checkpoint are logged again (read_log keeps the last record of a step).
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import ModelArgs
+from . import files
+from .config import ModelArgs, check_fits
 from .model import Transformer
+
+LOG_VERSION = 1  # the "v" of every train_log.jsonl line
+CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "mistral_lab.train_checkpoint", 1
+# What a run writes into its folder (besides the corpus in data/, by default).
+RUN_FILES = ("mistral_lab.json", "model.safetensors", "tokenizer.model", "train_info.json", "checkpoint.pt",
+             "train_log.jsonl")
 
 
 @dataclass
@@ -39,6 +56,26 @@ class TrainConfig:
     eval_batches: int = 4
     autocast: bool = True  # bf16 matmuls, fp32 master weights
     device: str = "cpu"
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "seq_len", "eval_every", "eval_batches"):
+            _check(name, getattr(self, name), int, lambda v: v > 0, "a positive integer")
+        _check("warmup", self.warmup, int, lambda v: v >= 0, "an integer >= 0")
+        # numpy's and torch's generators both take any seed in [0, 2**63)
+        _check("seed", self.seed, int, lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)")
+        _check("lr", self.lr, float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+        _check("min_lr", self.min_lr, float, lambda v: math.isfinite(v) and 0 <= v <= self.lr,
+               f"a finite number in [0, lr = {self.lr}]")
+        _check("weight_decay", self.weight_decay, float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+        _check("grad_clip", self.grad_clip, float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+        if type(self.autocast) is not bool:
+            raise ValueError(f"TrainConfig.autocast must be True or False, got {self.autocast!r}")
+
+
+def _check(name, value, kind, ok, what) -> None:
+    types = (int,) if kind is int else (int, float)
+    if type(value) not in types or not ok(value):  # type(): True is not a step count
+        raise ValueError(f"TrainConfig.{name} must be {what}, got {value!r}")
 
 
 def init_weights(model: Transformer, seed: int) -> None:
@@ -62,9 +99,11 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(t, 1.0)))
 
 
-def batches(tokens: np.ndarray, cfg: TrainConfig, seed: int):
-    """Endless random crops (B, seq_len + 1), reproducible from the seed."""
-    rng = np.random.default_rng(seed)
+def batches(tokens: np.ndarray, cfg: TrainConfig, seed: int, rng: np.random.Generator | None = None):
+    """Endless random crops (B, seq_len + 1), reproducible from the seed (or from `rng`,
+    whose state a checkpoint saves: the crops after a resume are the ones that would
+    have come next)."""
+    rng = np.random.default_rng(seed) if rng is None else rng
     n = len(tokens) - cfg.seq_len - 1
     if n <= 0:
         raise ValueError(f"the token stream ({len(tokens)} tokens) is shorter than seq_len + 1 = {cfg.seq_len + 1}")
@@ -97,20 +136,40 @@ def make_optimizer(model: Transformer, cfg: TrainConfig) -> torch.optim.Optimize
 
 
 def train(args: ModelArgs, train_tokens: np.ndarray, heldout_tokens: np.ndarray, cfg: TrainConfig,
-          out_dir: Path, *, progress: bool = True, log=None) -> Transformer:
-    """Train from scratch; returns the model. Writes out_dir/train_log.jsonl as it goes."""
+          out_dir: Path, *, progress: bool = True, log=None, resume: bool = False) -> Transformer:
+    """Train from scratch (or, with resume, from out_dir/checkpoint.pt); returns the model.
+    Appends to out_dir/train_log.jsonl as it goes; `log(record)` is called every step."""
     from tqdm.auto import tqdm
 
+    out_dir = Path(out_dir)
+    ckpt = read_checkpoint(out_dir) if resume else None
+    if ckpt is not None:
+        _same_run(ckpt, args, cfg, out_dir)
+    vocab_hi = int(max(train_tokens.max(initial=0), heldout_tokens.max(initial=0)))
+    if vocab_hi >= args.vocab_size:
+        raise ValueError(f"the data holds token id {vocab_hi}, outside the model's vocabulary [0, {args.vocab_size}): "
+                         f"encode it with a tokenizer of {args.vocab_size} pieces")
+    check_fits(args, 4, cfg.device, copies=4)  # fp32 weights, gradients, two AdamW moments
     torch.manual_seed(cfg.seed)
     model = Transformer(args).to(cfg.device)
     init_weights(model, cfg.seed)
     model.train()
     opt = make_optimizer(model, cfg)
-    data = batches(train_tokens, cfg, cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    start = 0
+    if ckpt is not None:  # everything the next step depends on; the LR follows from the step
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        rng.bit_generator.state = ckpt["data_rng"]
+        start = ckpt["step"]
+    data = batches(train_tokens, cfg, cfg.seed, rng=rng)
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "train_log.jsonl"
     t0 = time.perf_counter()
-    with open(log_path, "w") as logf, tqdm(range(cfg.steps), disable=not progress, desc="train") as bar:
+    with open(log_path, "a", encoding="utf-8") as logf, \
+            tqdm(range(start, cfg.steps), disable=not progress, desc="train", initial=start, total=cfg.steps) as bar:
+        if ckpt is not None:
+            _append(logf, {"event": "resume", "from_step": start})
         for step in bar:
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
@@ -121,15 +180,130 @@ def train(args: ModelArgs, train_tokens: np.ndarray, heldout_tokens: np.ndarray,
             opt.step()
             rec = {"step": step + 1, "loss": round(loss.item(), 5), "lr": lr_at(step, cfg),
                    "tokens": (step + 1) * cfg.batch_size * cfg.seq_len, "elapsed_s": round(time.perf_counter() - t0, 2)}
+            if not math.isfinite(rec["loss"]):
+                raise FloatingPointError(f"the loss is {rec['loss']} at step {step + 1}: training diverged; "
+                                         f"lower --lr, or resume from the last checkpoint with a smaller one")
             if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
                 rec["heldout_loss"] = round(evaluate(model, heldout_tokens, cfg), 5)
-                # a plain state dict at every evaluation: progress survives an interruption
-                torch.save({"args": args.to_dict(), "step": step + 1, "model": model.state_dict()},
-                           out_dir / "checkpoint.pt")
-            logf.write(json.dumps(rec) + "\n")
-            logf.flush()
+                # at every evaluation: an interruption loses at most eval_every steps
+                write_checkpoint(out_dir, args, cfg, step + 1, model, opt, rng)
+            _append(logf, rec)
             bar.set_postfix(loss=f"{rec['loss']:.3f}", **({"heldout": f"{rec['heldout_loss']:.3f}"} if "heldout_loss" in rec else {}))
             if log is not None:
                 log(rec)
     model.eval()
     return model
+
+
+def _append(logf, rec: dict) -> None:
+    logf.write(json.dumps({"v": LOG_VERSION, **rec}) + "\n")  # one write per line, flushed at once
+    logf.flush()
+
+
+def write_checkpoint(out_dir: Path, args: ModelArgs, cfg: TrainConfig, step: int, model, opt, rng) -> None:
+    buf = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "args": args.to_dict(),
+                "train": asdict(cfg), "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "data_rng": rng.bit_generator.state}, buf)
+    files.atomic_write_bytes(out_dir / "checkpoint.pt", buf.getvalue())
+
+
+def read_checkpoint(out_dir: Path) -> dict:
+    file = Path(out_dir) / "checkpoint.pt"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} does not exist: there is no run to resume in {out_dir} "
+                                f"(start one with --out {out_dir})")
+    try:
+        ckpt = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # zip, pickle and EOF errors all mean the same thing here
+        raise ValueError(f"{file} is not a readable training checkpoint ({type(e).__name__}): "
+                         f"start a new run with --out NEW_FOLDER") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{file} is not a mistral_lab training checkpoint with a format version (written by "
+                         f"an older mistral_lab?): it cannot be resumed; start a new run with --out NEW_FOLDER")
+    if ckpt.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{file} has checkpoint format version {ckpt.get('version')!r}; this mistral_lab "
+                         f"resumes version {CHECKPOINT_VERSION}: use the mistral_lab that wrote it")
+    return ckpt
+
+
+def _same_run(ckpt: dict, args: ModelArgs, cfg: TrainConfig, out_dir: Path) -> None:
+    if ModelArgs.from_dict(ckpt["args"]) != args:
+        raise ValueError(f"{out_dir}/checkpoint.pt holds another model configuration than the one given: "
+                         f"resume with the run's own (train_config(checkpoint))")
+    saved = {k: v for k, v in ckpt["train"].items() if k != "device"}
+    given = {k: v for k, v in asdict(cfg).items() if k != "device"}
+    diff = [f"{k}={given[k]!r} (the run: {saved.get(k)!r})" for k in given if saved.get(k) != given[k]]
+    if diff:
+        raise ValueError(f"resuming {out_dir} with other settings than its run: {', '.join(diff)}; "
+                         f"drop them, or start a new run in a new folder")
+
+
+def resume_settings(out_dir: Path) -> tuple[ModelArgs, TrainConfig]:
+    """The model configuration and training settings of the run in out_dir."""
+    ckpt = read_checkpoint(out_dir)
+    return ModelArgs.from_dict(ckpt["args"]), TrainConfig(**ckpt["train"])
+
+
+def read_log(path) -> list[dict]:
+    """The step records of a train_log.jsonl, one per step (a resumed run's last), by step."""
+    path = Path(path)
+    steps: dict[int, dict] = {}
+    lines = path.read_text(encoding="utf-8").split("\n")
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            # a line cut by a kill, before a resume started a new one: skip it
+            if i + 1 < len(lines) and '"event": "resume"' in lines[i + 1]:
+                continue
+            raise ValueError(f"{path}: line {i + 1} is not JSON: the log is damaged") from None
+        if rec.get("v") != LOG_VERSION:
+            raise ValueError(f"{path}: line {i + 1} has log version {rec.get('v')!r}; this mistral_lab reads "
+                             f"version {LOG_VERSION}")
+        if "step" in rec:
+            steps[rec["step"]] = rec
+    return [steps[k] for k in sorted(steps)]
+
+
+def prepare_out(out_dir: Path, *, resume: bool = False, overwrite: bool = False) -> None:
+    """Make sure a run may write to out_dir: empty or new, or (resume) its own run, or
+    (overwrite) the old run's files removed first. Anything else is refused, untouched."""
+    out_dir = Path(out_dir)
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in the folder and --overwrite replaces it: choose one")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"{out_dir} is a file, not a folder: give --out a folder")
+    if resume:
+        read_checkpoint(out_dir)  # fails in one line when there is nothing to resume
+        log = out_dir / "train_log.jsonl"
+        if log.is_file():
+            data = log.read_bytes()
+            if data and not data.endswith(b"\n"):  # cut by a kill mid-line: the next record starts afresh
+                with open(log, "ab") as f:
+                    f.write(b"\n")
+            if data.strip():
+                read_log(log)  # refuses a log of another version before anything is appended
+        return
+    files.check_writable(out_dir / "train_log.jsonl") if out_dir.is_dir() else _check_parent(out_dir)
+    held = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
+    if not held:
+        return
+    if not overwrite:
+        run = "checkpoint.pt" in held or "train_log.jsonl" in held
+        shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+        raise FileExistsError(
+            f"{out_dir} {'holds a training run' if run else f'is not empty ({shown})'}: "
+            f"{'continue it with --resume, ' if run else ''}train into a new folder, or pass --overwrite to replace "
+            f"{'it' if run else 'the files of a run there'}")
+    for name in RUN_FILES:  # the config first: the folder stops being a loadable model at once
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def _check_parent(out_dir: Path) -> None:
+    parent = out_dir.parent
+    while not parent.exists():
+        parent = parent.parent
+    files.check_writable(parent / out_dir.name)

@@ -1,63 +1,45 @@
 """Checkpoints: load any of three layouts into a Transformer, and write each of them.
 
 The layout is detected from the files in the directory (a path may also name a file
-inside it):
+inside it); layouts.py describes each one. This module only orchestrates:
 
-| layout           | config                            | weights                                      | names | wq, wk rows |
-|------------------|-----------------------------------|----------------------------------------------|-------|-------------|
-| Mistral original | params.json                       | consolidated.safetensors or .00.pth          | ours  | ours        |
-| Hugging Face     | config.json (model_type mistral)  | model.safetensors, or shards + .index.json   | HF's  | permuted    |
-| mistral_lab      | mistral_lab.json {format, args}   | model.safetensors (+ tokenizer.model)        | ours  | ours        |
-
-Ours: tok_embeddings, layers.{i}.attention.{wq,wk,wv,wo}, layers.{i}.feed_forward.{w1,w2,w3},
-layers.{i}.attention_norm, layers.{i}.ffn_norm, norm, output (each ".weight").
-HF's: model.embed_tokens, model.layers.{i}.self_attn.{q,k,v,o}_proj, model.layers.{i}.mlp.
-{gate,down,up}_proj (= w1, w2, w3), input_layernorm, post_attention_layernorm, model.norm,
-lm_head (absent when tie_word_embeddings: the embedding is used). Shards are named
-model-0000k-of-0000n.safetensors, listed in model.safetensors.index.json.
-
-Why the permutation: Mistral's RoPE rotates pairs (x[2i], x[2i+1]); Hugging Face's
-rotates (x[i], x[i + D/2]). Its conversion script reorders the rows of wq and wk within
-each head so that the same weights give the same attention: pair i -> rows i and i + D/2.
-
-No window in the config (`sliding_window` absent or null) means full attention, never a
-default of 4096 (Mistral 7B v0.2/v0.3 were trained without one). Note that Hugging
-Face's MistralConfig itself defaults to 4096 when the key is absent.
+    load(path)                 -> Transformer (eval mode, requires_grad off)
+    save(model, path)          the mistral_lab layout (+ tokenizer.model)
+    save_mistral / save_hf     Mistral's original layout / Hugging Face's
 
 dtype: an explicit `dtype` wins. Otherwise the checkpoint's own dtype, except on a CPU,
 where bf16/fp16 checkpoints load as float32 (half-precision matmuls on CPUs are slow).
 
 Tensors are read straight into a model built on the "meta" device (no random
 initialization, no second copy), so the 7B loads in bf16 on a GPU in ~14.5 GB.
+
+Saving is all or nothing. Every file is written to a temporary name beside its target
+(files.atomic_write); when all of them are complete, the old config is removed, the
+weights and tokenizer are renamed into place, and the config is written last. The
+config is what makes a folder loadable, so a kill or a full disk at any moment leaves the
+previous model, or the new one, or a folder `load` refuses in one line: never a mix.
+The mistral_lab config also lists its files (size, and an id stored in the weights'
+header; the tokenizer's sha256), so weights from another save are refused too.
 """
 from __future__ import annotations
 
+import hashlib
 import json
-import shutil
+import os
+import uuid
 from pathlib import Path
 
 import torch
 
-from .config import ModelArgs
+from . import files as _files
+from .config import ModelArgs, check_fits
+from .layouts import (  # noqa: F401  (re-exported: the public names of this module)
+    BY_NAME, HF, LAYOUTS, MISTRAL, OWN, CheckpointError, Layout, detect, index, permute_for_hf, safe_open,
+    unpermute_from_hf, write_safetensors,
+)
 from .model import Transformer
 
-MISTRAL, HF, OWN = "Mistral original", "Hugging Face", "mistral_lab"
-CONFIG_FILES = {"mistral_lab.json": OWN, "params.json": MISTRAL, "config.json": HF}
-
-# Our parameter names -> Hugging Face's (per layer: the part after "layers.{i}.").
-HF_TOP = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
-          "output.weight": "lm_head.weight"}
-HF_LAYER = {
-    "attention.wq.weight": "self_attn.q_proj.weight", "attention.wk.weight": "self_attn.k_proj.weight",
-    "attention.wv.weight": "self_attn.v_proj.weight", "attention.wo.weight": "self_attn.o_proj.weight",
-    "feed_forward.w1.weight": "mlp.gate_proj.weight", "feed_forward.w2.weight": "mlp.down_proj.weight",
-    "feed_forward.w3.weight": "mlp.up_proj.weight", "attention_norm.weight": "input_layernorm.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
-}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded; the message names the file and what to do."""
+CONFIG_FILES = {layout.config_file: layout.name for layout in LAYOUTS}
 
 
 def default_model_path() -> Path:
@@ -69,24 +51,32 @@ def default_model_path() -> Path:
 
 def load(path=None, *, dtype: torch.dtype | None = None, device="cpu", backend: str = "torch") -> Transformer:
     """A Transformer with the weights of the checkpoint at `path` (default: the shipped
-    model), in eval mode with requires_grad off. See the module docstring for layouts."""
-    folder, layout = locate(path)
-    config_file, args, tied = read_config(folder, layout)
-    files = weight_files(folder, layout)
+    model), in eval mode with requires_grad off. See layouts.py for the layouts."""
+    folder, name = locate(path)
+    layout = BY_NAME[name]
+    config_file, args, tied, config = read_config(folder, name, with_dict=True)
+    weight_files = layout.weight_files(folder)
+    device = torch.device(device)
+    expected = _expected(args)
+    names = {k: layout.to_file(k) for k in expected if not (tied and k == "output.weight")}
+    idx = index(weight_files)
+    _check(idx, names, expected, layout, weight_files[0] if len(weight_files) == 1 else folder, config_file.name, tied)
+    if layout.name == OWN:  # after the checks above, which name the problem more precisely
+        _check_manifest(folder, config_file, config)
+    dtype = dtype or default_dtype(idx[names["tok_embeddings.weight"]][1], device)
+    try:
+        check_fits(args, torch.tensor([], dtype=dtype).element_size(), device)
+    except ValueError as e:
+        raise CheckpointError(f"{config_file}: {e}") from None
     with torch.device("meta"):  # shapes only: the real tensors are assigned below
         model = Transformer(args, backend=backend)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    names = {k: _to_hf(k) if layout == HF else k for k in expected if not (tied and k == "output.weight")}
-    index = _index(files)
-    _check(index, names, expected, files[0] if len(files) == 1 else folder, config_file.name, tied)
-    device = torch.device(device)
-    dtype = dtype or default_dtype(index[names["tok_embeddings.weight"]][1], device)
-    heads = _rope_heads(args) if layout == HF else {}
     state = {}
-    for name, raw in names.items():  # one tensor at a time: a cast never holds two copies of the model
-        t = index[raw][2]().to(device=device, dtype=dtype)
-        n = heads.get(name.split(".", 2)[-1])
-        state[name] = unpermute_from_hf(t, n) if n else t
+    for ours, raw in names.items():  # one tensor at a time: a cast never holds two copies of the model
+        t = idx[raw][2]()
+        if not torch.isfinite(t).all():
+            raise CheckpointError(f"{idx[raw][3]}: tensor {raw} holds NaN or infinite values: the checkpoint "
+                                  f"is damaged (or was saved from a diverged run); re-download or re-train it")
+        state[ours] = layout.load_tensor(ours, t.to(device=device, dtype=dtype), args)
     if tied:  # lm_head shares the embedding matrix
         state["output.weight"] = state["tok_embeddings.weight"].clone()
     model.load_state_dict(state, assign=True)
@@ -94,8 +84,13 @@ def load(path=None, *, dtype: torch.dtype | None = None, device="cpu", backend: 
     return model.eval()
 
 
+def _expected(args: ModelArgs) -> dict[str, tuple]:
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in Transformer(args).state_dict().items()}
+
+
 def locate(path) -> tuple[Path, str]:
-    """(checkpoint directory, layout) for a directory or a file inside one."""
+    """(checkpoint directory, layout name) for a directory or a file inside one."""
     if path is None:
         path = default_model_path()
         if not path.exists():
@@ -106,143 +101,72 @@ def locate(path) -> tuple[Path, str]:
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path} does not exist (give a checkpoint directory)")
     folder = path if path.is_dir() else path.parent
-    if path.is_file() and path.name in CONFIG_FILES:
-        return folder, CONFIG_FILES[path.name]
-    present = [name for name in CONFIG_FILES if (folder / name).is_file()]
-    if not present:
-        raise CheckpointError(f"no params.json, config.json or mistral_lab.json in {folder}: "
-                              f"not a Mistral original, Hugging Face or mistral_lab checkpoint directory")
-    if path.name.startswith("consolidated.") and "params.json" in present:
-        return folder, MISTRAL
-    if "mistral_lab.json" in present:
-        return folder, OWN
-    original = any((folder / n).is_file() for n in ("consolidated.safetensors", "consolidated.00.pth"))
-    if "params.json" in present and ("config.json" not in present or original):
-        return folder, MISTRAL  # repositories that ship both: the original needs no permutation
-    return folder, HF
+    return folder, detect(folder, None if path.is_dir() else path).name
 
 
-def read_config(folder: Path, layout: str) -> tuple[Path, ModelArgs, bool]:
-    """(config file, ModelArgs, lm_head tied to the embeddings)."""
-    name = next(n for n, lay in CONFIG_FILES.items() if lay == layout)
-    file = folder / name
+def read_config(folder: Path, layout: str, *, with_dict: bool = False):
+    """(config file, ModelArgs, lm_head tied to the embeddings) [+ the raw config dict]."""
+    file = folder / BY_NAME[layout].config_file
     try:
-        d = json.loads(file.read_text())
+        d = json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{file} is not valid JSON ({e}): re-download or re-save the checkpoint") from None
     if not isinstance(d, dict):
         raise CheckpointError(f"{file} should hold a JSON object, found {type(d).__name__}")
-    if layout == OWN:
-        return file, _own_args(file, d), False
-    if layout == MISTRAL:
-        return file, _mistral_args(file, d), False
-    return file, _hf_args(file, d), bool(d.get("tie_word_embeddings", False))
+    args, tied = BY_NAME[layout].parse(file, d)
+    return (file, args, tied, d) if with_dict else (file, args, tied)
 
 
-def _own_args(file: Path, d: dict) -> ModelArgs:
-    if d.get("format") != "mistral_lab":
-        raise CheckpointError(f"{file} has format {d.get('format')!r}, expected 'mistral_lab': "
-                              f"not a checkpoint written by mistral_lab.save")
-    if not isinstance(d.get("args"), dict):
-        raise CheckpointError(f"{file} lacks an 'args' object (ModelArgs fields): re-save with mistral_lab.save")
-    return _args(file, lambda: ModelArgs.from_dict(d["args"]))
+def _check_manifest(folder: Path, config_file: Path, config: dict) -> None:
+    """Version 2 lists its files: each must be there, complete, and from the same save."""
+    manifest = config.get("files")
+    if config.get("version", 1) < 2:
+        return  # written before manifests (the shipped model): nothing to compare
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{config_file} lacks its 'files' list: an incomplete save; re-save the model")
+    for name, entry in manifest.items():
+        file = folder / name
+        if not file.is_file() or file.stat().st_size != entry.get("bytes"):
+            raise CheckpointError(f"{file} is missing or not the file {config_file.name} lists "
+                                  f"(an interrupted save?): re-save the model")
+        if "save_id" in entry and (layout_meta(file) or {}).get("mistral_lab_save_id") != entry["save_id"]:
+            raise CheckpointError(f"{file} comes from another save than {config_file.name} "
+                                  f"(an interrupted save?): re-save the model")
+        if "sha256" in entry and _sha256(file) != entry["sha256"]:
+            raise CheckpointError(f"{file} differs from the file {config_file.name} lists: re-save the model")
 
 
-def _mistral_args(file: Path, p: dict) -> ModelArgs:
-    _require(file, p, "dim", "n_layers", "hidden_dim", "n_heads", "vocab_size")
-    if p.get("moe"):
-        raise CheckpointError(f"{file} describes a mixture-of-experts model ('moe'): only dense Mistral models are supported")
-    return _args(file, lambda: ModelArgs(
-        dim=p["dim"], n_layers=p["n_layers"], hidden_dim=p["hidden_dim"], n_heads=p["n_heads"],
-        head_dim=p["head_dim"] if p.get("head_dim") is not None else _div(p["dim"], p["n_heads"]),
-        n_kv_heads=p.get("n_kv_heads", p["n_heads"]), vocab_size=p["vocab_size"],
-        sliding_window=p.get("sliding_window"),  # absent or null: full attention
-        norm_eps=float(p.get("norm_eps", 1e-5)), rope_theta=float(p.get("rope_theta", 10000.0))))
+def layout_meta(file: Path) -> dict | None:
+    return safe_open(file).metadata()
 
 
-def _hf_args(file: Path, c: dict) -> ModelArgs:
-    if c.get("model_type") != "mistral":
-        raise CheckpointError(f"{file} has model_type {c.get('model_type')!r}: only 'mistral' "
-                              f"(MistralForCausalLM) Hugging Face checkpoints are supported")
-    _require(file, c, "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
-    if c.get("hidden_act", "silu") != "silu":
-        raise CheckpointError(f"{file} has hidden_act {c['hidden_act']!r}: only 'silu' (SwiGLU) is supported")
-    # transformers 5 writes {"rope_parameters": {"rope_theta", "rope_type"}}; 4.x wrote a
-    # top-level rope_theta and rope_scaling (null for Mistral).
-    rope = c.get("rope_parameters") or c.get("rope_scaling") or {}
-    kind = rope.get("rope_type", rope.get("type", "default"))
-    if kind != "default":
-        raise CheckpointError(f"{file} uses RoPE scaling {kind!r}: only plain RoPE is supported")
-    heads = c["num_attention_heads"]
-    return _args(file, lambda: ModelArgs(
-        dim=c["hidden_size"], n_layers=c["num_hidden_layers"], n_heads=heads,
-        head_dim=c["head_dim"] if c.get("head_dim") is not None else _div(c["hidden_size"], heads),
-        n_kv_heads=c.get("num_key_value_heads") or heads, hidden_dim=c["intermediate_size"],
-        vocab_size=c["vocab_size"], sliding_window=c.get("sliding_window"),  # absent or null: full attention
-        norm_eps=float(c.get("rms_norm_eps", 1e-6)),
-        rope_theta=float(rope.get("rope_theta", c.get("rope_theta", 10000.0))),
-        max_seq_len=c.get("max_position_embeddings", 8192)))
+def _sha256(file: Path) -> str:
+    h = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
-def _args(file: Path, build) -> ModelArgs:
-    try:
-        return build()
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{file}: {e}") from None
-
-
-def _require(file: Path, d: dict, *keys: str) -> None:
-    missing = [k for k in keys if k not in d]
-    if missing:
-        raise CheckpointError(f"{file} lacks {', '.join(missing)}: not a complete model config")
-
-
-def _div(a, b):
-    return a // b if isinstance(a, int) and isinstance(b, int) and b > 0 else None  # ModelArgs reports bad values
-
-
-def weight_files(folder: Path, layout: str) -> list[Path]:
-    if layout == MISTRAL:
-        if (folder / "consolidated.01.pth").exists():
-            raise CheckpointError(f"{folder} holds model-parallel shards (consolidated.01.pth): merge them first")
-        for name in ("consolidated.safetensors", "consolidated.00.pth"):
-            if (folder / name).is_file():
-                return [folder / name]
-        raise FileNotFoundError(f"no consolidated.safetensors or consolidated.00.pth beside {folder / 'params.json'}: "
-                                f"the weights are missing (incomplete download?)")
-    if (folder / "model.safetensors").is_file():
-        return [folder / "model.safetensors"]
-    index = folder / "model.safetensors.index.json"
-    if layout == HF and index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
-            raise CheckpointError(f"{index} is not a valid shard index (needs a 'weight_map' object): {e!r}") from None
-        for shard in shards:
-            if not (folder / shard).is_file():
-                raise FileNotFoundError(f"{folder / shard} is missing (listed in {index.name}): incomplete download?")
-        return [folder / s for s in shards]
-    extra = " (pytorch_model.bin is not supported: re-save with safetensors)" if (folder / "pytorch_model.bin").exists() else ""
-    raise FileNotFoundError(f"no model.safetensors{' or model.safetensors.index.json' if layout == HF else ''} "
-                            f"in {folder}: the weights are missing{extra}")
-
-
-def _check(index: dict, names: dict, expected: dict, where: Path, config: str, tied: bool) -> None:
-    """Every tensor the model needs is there, nothing else, each of the right shape."""
-    missing = [raw for raw in names.values() if raw not in index]
+def _check(idx: dict, names: dict, expected: dict, layout: Layout, where: Path, config: str, tied: bool) -> None:
+    """Every tensor the model needs is there, nothing else, each of the right shape and a float type."""
+    missing = [raw for raw in names.values() if raw not in idx]
     if missing:
         raise CheckpointError(f"{where}: {_some(missing)} missing: the weights do not match {config} "
                               f"(incomplete download, or another model's config?)")
-    # Tolerated extras: RoPE tables saved by old transformers, an lm_head tied to the embedding.
-    extra = [raw for raw in index if raw not in names.values() and not raw.endswith("rotary_emb.inv_freq")
+    extra = [raw for raw in idx if raw not in names.values() and not layout.tolerated(raw)
              and not (tied and raw == "lm_head.weight")]
     if extra:
         raise CheckpointError(f"{where}: {_some(extra)} unexpected: the weights hold more than {config} "
                               f"describes (another model's config?)")
     for ours, raw in names.items():
-        if index[raw][0] != expected[ours]:
-            raise CheckpointError(f"{where}: tensor {raw} has shape {list(index[raw][0])}, expected "
+        shape, dtype = idx[raw][0], idx[raw][1]
+        if shape != expected[ours]:
+            raise CheckpointError(f"{where}: tensor {raw} has shape {list(shape)}, expected "
                                   f"{list(expected[ours])} from {config}: the config and the weights disagree")
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise CheckpointError(f"{where}: tensor {raw} has dtype {str(dtype).removeprefix('torch.')}, expected "
+                                  f"a floating-point type: these are not model weights")
 
 
 def _some(names: list[str]) -> str:
@@ -256,166 +180,86 @@ def default_dtype(stored: torch.dtype, device: torch.device) -> torch.dtype:
     return stored
 
 
-_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-
-
-def _index(files: list[Path]) -> dict:
-    """name -> (shape, dtype, read) for every tensor; read() returns it on the CPU.
-
-    Only headers are read here (safetensors; a .pth is memory-mapped), so names and
-    shapes are checked before any tensor data is touched."""
-    out = {}
-    for file in files:
-        if file.suffix == ".pth":
-            out.update({k: (tuple(t.shape), t.dtype, lambda t=t: t) for k, t in _load_pth(file).items()})
-            continue
-        f = _safe_open(file)  # stays open while the index lives
-        for k in f.keys():
-            s = f.get_slice(k)
-            out[k] = (tuple(s.get_shape()), _ST_DTYPES.get(s.get_dtype()), lambda f=f, k=k: f.get_tensor(k))
-    return out
-
-
-def _safe_open(file: Path):
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        return safe_open(str(file), framework="pt", device="cpu")
-    except SafetensorError as e:
-        raise CheckpointError(f"{file} is truncated or not a safetensors file ({e}): re-download or re-save it") from None
-
-
-def _load_pth(file: Path) -> dict:
-    try:
-        try:  # mmap: pages are read only when a tensor is used
-            sd = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap can only be used" not in str(e):
-                raise
-            sd = torch.load(file, map_location="cpu", weights_only=True)  # legacy (non-zip) format
-    except Exception as e:  # zip, pickle and EOF errors all mean the same thing here
-        raise CheckpointError(f"{file} is truncated or not a PyTorch checkpoint ({type(e).__name__}): "
-                              f"re-download or re-save it") from None
-    if not isinstance(sd, dict):
-        raise CheckpointError(f"{file} holds a {type(sd).__name__}, not a dict of tensors")
-    return sd
-
-
-# ---------------------------------------------------------------- permutation
-
-def permute_for_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Rows of wq/wk, Mistral (interleaved pairs) -> Hugging Face (halves), as HF's conversion script."""
-    rows, cols = w.shape
-    d = rows // n_heads
-    return w.view(n_heads, d // 2, 2, cols).transpose(1, 2).reshape(rows, cols)  # (H, 2, D/2, dim) -> rows
-
-
-def unpermute_from_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """The inverse of permute_for_hf."""
-    rows, cols = w.shape
-    d = rows // n_heads
-    return w.view(n_heads, 2, d // 2, cols).transpose(1, 2).reshape(rows, cols)  # (H, D/2, 2, dim) -> rows
-
-
-def _rope_heads(args: ModelArgs) -> dict[str, int]:
-    return {"attention.wq.weight": args.n_heads, "attention.wk.weight": args.n_kv_heads}
-
-
-def _to_hf(name: str) -> str:
-    if name.startswith("layers."):
-        _, i, rest = name.split(".", 2)
-        return f"model.layers.{i}.{HF_LAYER[rest]}"
-    return HF_TOP[name]
-
-
 # ---------------------------------------------------------------- saving
 
 def save(model: Transformer, path, *, dtype: torch.dtype | None = None, tokenizer_file=None) -> Path:
     """Write the mistral_lab layout: mistral_lab.json + model.safetensors (+ tokenizer.model)."""
-    config = {"format": "mistral_lab", "args": _model(model).args.to_dict()}
-    folder = _write(path, "model.safetensors", _state(model, dtype), "mistral_lab.json", config)
-    if tokenizer_file is not None:
-        target = folder / "tokenizer.model"
-        if Path(tokenizer_file).resolve() != target.resolve():
-            shutil.copyfile(tokenizer_file, target)
+    return save_layout(model, path, OWN, dtype=dtype, tokenizer_file=tokenizer_file)
+
+
+def save_mistral(model: Transformer, path, *, dtype: torch.dtype | None = None, tokenizer_file=None) -> Path:
+    """Write Mistral's original layout: params.json + consolidated.safetensors."""
+    return save_layout(model, path, MISTRAL, dtype=dtype, tokenizer_file=tokenizer_file)
+
+
+def save_hf(model: Transformer, path, *, dtype: torch.dtype | None = None, tokenizer_file=None) -> Path:
+    """Write the Hugging Face layout (config.json + model.safetensors, wq/wk permuted):
+    MistralForCausalLM.from_pretrained(path) runs it."""
+    return save_layout(model, path, HF, dtype=dtype, tokenizer_file=tokenizer_file)
+
+
+def save_layout(model: Transformer, path, layout: str, *, dtype=None, tokenizer_file=None) -> Path:
+    """Write `model` in `layout` into the folder `path`, all or nothing (module docstring)."""
+    spec = BY_NAME[layout]
+    model = getattr(model, "_orig_mod", model)  # a torch.compile'd model wraps the real one
+    args = model.args
+    folder = Path(path).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {spec.to_file(k): spec.save_tensor(k, t, args) for k, t in _state(model, dtype).items()}
+    stored = next(iter(tensors.values())).dtype
+    save_id = uuid.uuid4().hex
+    meta = {"format": "pt", "mistral_lab_save_id": save_id}  # "pt": what transformers expects
+    staged: list[tuple[Path, Path]] = []  # (temporary, final)
+    try:
+        staged.append((_stage(folder / spec.weights_file, lambda f: write_safetensors(f, tensors, meta)),
+                       folder / spec.weights_file))
+        tok_target = folder / "tokenizer.model"
+        if tokenizer_file is not None and Path(tokenizer_file).resolve() != tok_target.resolve():
+            data = Path(tokenizer_file).read_bytes()
+            staged.append((_stage(tok_target, lambda f: f.write(data)), tok_target))
+        config = spec.config_for(args, stored)
+        if layout == OWN:
+            config["files"] = {spec.weights_file: {"bytes": staged[0][0].stat().st_size, "save_id": save_id}}
+            if tok_target.is_file() or tokenizer_file is not None:
+                src = staged[1][0] if len(staged) > 1 else tok_target
+                config["files"]["tokenizer.model"] = {"bytes": src.stat().st_size, "sha256": _sha256(src)}
+        # Everything is on disk: now the short switch. Without its config the folder is
+        # refused by load, so no moment shows the old config beside the new weights.
+        (folder / spec.config_file).unlink(missing_ok=True)
+        for tmp, final in staged:
+            os.replace(tmp, final)
+        staged = []
+        _files.atomic_write_json(folder / spec.config_file, config)
+    finally:
+        for tmp, _ in staged:  # an error before the switch: drop the temporary files
+            tmp.unlink(missing_ok=True)
     return folder
 
 
-def save_mistral(model: Transformer, path, *, dtype: torch.dtype | None = None) -> Path:
-    """Write Mistral's original layout: params.json + consolidated.safetensors."""
-    a = _model(model).args
-    params = {"dim": a.dim, "n_layers": a.n_layers, "head_dim": a.head_dim, "hidden_dim": a.hidden_dim,
-              "n_heads": a.n_heads, "n_kv_heads": a.n_kv_heads, "norm_eps": a.norm_eps,
-              "vocab_size": a.vocab_size, "rope_theta": a.rope_theta}
-    if a.sliding_window is not None:  # no key = full attention
-        params["sliding_window"] = a.sliding_window
-    return _write(path, "consolidated.safetensors", _state(model, dtype), "params.json", params)
-
-
-def save_hf(model: Transformer, path, *, dtype: torch.dtype | None = None) -> Path:
-    """Write the Hugging Face layout (config.json + model.safetensors, wq/wk permuted):
-    MistralForCausalLM.from_pretrained(path) runs it."""
-    a = _model(model).args
-    heads, hf = _rope_heads(a), {}
-    for name, t in _state(model, dtype).items():
-        n = heads.get(name.split(".", 2)[-1])
-        hf[_to_hf(name)] = permute_for_hf(t, n).contiguous() if n else t
-    config = {
-        "architectures": ["MistralForCausalLM"], "model_type": "mistral", "hidden_size": a.dim,
-        "num_hidden_layers": a.n_layers, "num_attention_heads": a.n_heads, "num_key_value_heads": a.n_kv_heads,
-        "head_dim": a.head_dim, "intermediate_size": a.hidden_dim, "hidden_act": "silu",
-        "rms_norm_eps": a.norm_eps, "vocab_size": a.vocab_size, "max_position_embeddings": a.max_seq_len,
-        "sliding_window": a.sliding_window, "tie_word_embeddings": False,
-        "rope_parameters": {"rope_theta": a.rope_theta, "rope_type": "default"},  # transformers 5
-        "rope_theta": a.rope_theta,  # transformers 4.x
-        "dtype": str(next(iter(hf.values())).dtype).removeprefix("torch."),
-    }
-    return _write(path, "model.safetensors", hf, "config.json", config)
-
-
-def _model(model) -> Transformer:
-    return getattr(model, "_orig_mod", model)  # a torch.compile'd model wraps the real one
+def _stage(target: Path, write) -> Path:
+    """A complete, fsync'ed temporary file beside `target` (renamed into place later)."""
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        _files.atomic_write(tmp, write)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
 
 
 def _state(model, dtype) -> dict[str, torch.Tensor]:
     out, seen = {}, set()
-    for name, t in _model(model).state_dict().items():
+    for name, t in model.state_dict().items():
         t = t.detach().to(device="cpu", dtype=dtype or t.dtype).contiguous()
-        if t.data_ptr() in seen:  # safetensors refuses shared storage (e.g. tied weights)
+        if t.data_ptr() in seen:  # tied weights: write each name's own copy
             t = t.clone()
         seen.add(t.data_ptr())
         out[name] = t
     return out
 
 
-def _write(path, weights_name: str, tensors: dict, config_name: str, config: dict) -> Path:
-    from safetensors.torch import save_file
+def load_tokenizer(path=None, *, tokenizer=None):
+    """Moved to tokenizer.load_tokenizer; kept here for code that imports it from weights."""
+    from .tokenizer import load_tokenizer as _load_tokenizer
 
-    folder = Path(path).expanduser()
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(folder / weights_name), metadata={"format": "pt"})  # "pt": what transformers expects
-    (folder / config_name).write_text(json.dumps(config, indent=2) + "\n")
-    return folder
-
-
-# ---------------------------------------------------------------- tokenizer
-
-def load_tokenizer(path=None):
-    """The tokenizer.model beside the checkpoint at `path` (default: the shipped model),
-    or a tokenizer.model file itself; Mistral's v1 tokenizer when a checkpoint has none."""
-    from .tokenizer import Tokenizer
-
-    if path is None:
-        locate(None)  # the shipped model's own tokenizer (4096 pieces), not v1: fail if missing
-        path = default_model_path()
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"tokenizer not found: {path} does not exist (give a checkpoint directory)")
-    if path.is_file() and path.name.startswith("tokenizer.model"):
-        return Tokenizer(str(path))
-    folder = path if path.is_dir() else path.parent
-    found = [folder / "tokenizer.model"] + sorted(folder.glob("tokenizer.model.v*"))
-    for file in found:
-        if file.is_file():
-            return Tokenizer(str(file))
-    return Tokenizer.mistral_v1()
+    return _load_tokenizer(path, tokenizer=tokenizer)

@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -253,21 +252,26 @@ def test_legacy_configs(tmp_path, model):
     assert weights.load(tmp_path / "orig").args == ARGS.replace(max_seq_len=8192)
 
 
-def test_tokenizer_beside_checkpoint(tmp_path, model, monkeypatch):
-    made = []
-    fake = types.ModuleType("mistral_lab.tokenizer")
-    fake.Tokenizer = type("Tokenizer", (), {"__init__": lambda self, f: made.append(Path(f)),
-                                            "mistral_v1": classmethod(lambda cls: "v1")})
-    monkeypatch.setitem(sys.modules, "mistral_lab.tokenizer", fake)
-    spm_file = tmp_path / "spm.model"
-    spm_file.write_bytes(b"pieces")
-    weights.save(model, tmp_path / "own", tokenizer_file=spm_file)
-    assert (tmp_path / "own" / "tokenizer.model").read_bytes() == b"pieces"
-    weights.load_tokenizer(tmp_path / "own")
-    weights.load_tokenizer(tmp_path / "own" / "model.safetensors")
-    assert made == [tmp_path / "own" / "tokenizer.model"] * 2
+def test_tokenizer_beside_checkpoint(tmp_path, model):
+    """The tokenizer.model in the folder; a checkpoint without one is an error naming the
+    way out (never Mistral's 32000-piece tokenizer in silence); sizes must agree."""
+    from mistral_lab.tokenizer import load_tokenizer
+
+    small = ROOT / "assets" / "tokenizer.model"  # 4096 pieces
+    weights.save(model.__class__(ARGS.replace(vocab_size=4096)), tmp_path / "own", tokenizer_file=small)
+    assert (tmp_path / "own" / "tokenizer.model").read_bytes() == small.read_bytes()
+    for p in ("own", "own/model.safetensors", "own/tokenizer.model"):
+        assert weights.load_tokenizer(tmp_path / p).vocab_size == 4096
+        assert load_tokenizer(tmp_path / p).vocab_size == 4096
     weights.save_mistral(model, tmp_path / "orig")
-    assert weights.load_tokenizer(tmp_path / "orig") == "v1"  # no tokenizer.model: Mistral's v1
+    with pytest.raises(FileNotFoundError, match=r"orig has no tokenizer\.model: pass the tokenizer .*--tokenizer"):
+        weights.load_tokenizer(tmp_path / "orig")
+    with pytest.raises(ValueError, match=r"has 4096 pieces but the model in .*orig has vocab_size 50"):
+        load_tokenizer(tmp_path / "orig", tokenizer=small)
+    with pytest.raises(ValueError, match=r"has 32000 pieces but the model in .*orig has vocab_size 50"):
+        load_tokenizer(tmp_path / "orig", tokenizer="mistral-v1")
+    assert load_tokenizer(tmp_path / "orig", tokenizer=small, check=False).vocab_size == 4096
+    assert load_tokenizer(small).vocab_size == 4096  # a bare file: nothing to compare with
     with pytest.raises(FileNotFoundError, match="tokenizer not found"):
         weights.load_tokenizer(tmp_path / "nowhere")
 
