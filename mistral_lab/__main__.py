@@ -263,7 +263,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import BACKEND_NAMES, PRESETS
+    from .backends import BACKENDS
+    from .config import PRESETS
     from .generate import ENGINES
 
     p = _Parser(prog="python -m mistral_lab", description=__doc__)
@@ -282,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--tokenizer", default=None,
                         help="tokenizer.model to use (default: the checkpoint's own); 'mistral-v1' for Mistral 7B v0.1's")
         sp.add_argument("--device", default="cpu")
-        sp.add_argument("--backend", default="torch", choices=BACKEND_NAMES)
+        sp.add_argument("--backend", default="torch", choices=BACKENDS)
         sp.add_argument("--chunk-size", type=_positive, default=None, help="pre-fill chunk size (default: the window W)")
 
     g = command("generate", help="prompt -> streamed text")

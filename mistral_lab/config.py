@@ -11,8 +11,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-# Attention backends by name (backends.get_backend): the CLI's choices come from here.
-BACKEND_NAMES = ("torch", "triton")
 # No single size of a model this code runs comes near 2**24 (the 7B's largest is 32000):
 # anything beyond is a typo, and refusing it here keeps products of sizes within int64.
 MAX_SIZE = 1 << 24

@@ -96,7 +96,8 @@ def test_bad_numbers_are_one_line(capsys, tmp_path):
 
 
 def test_choices_come_from_the_package():
-    from mistral_lab.config import BACKEND_NAMES, PRESETS
+    from mistral_lab.backends import BACKENDS as BACKEND_NAMES
+    from mistral_lab.config import PRESETS
     from mistral_lab.generate import ENGINES
 
     sub = next(a for a in cli.build_parser()._actions if a.dest == "command").choices
