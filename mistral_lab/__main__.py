@@ -225,34 +225,22 @@ def _device_name(device: str) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def _positive(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
-    return n
+def _argument(convert, ok, expected: str):
+    """An argparse type: convert the text, then check it; one line saying what was expected."""
+    def parse(value: str):
+        try:
+            x = convert(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r}") from None
+        if not ok(x):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {x}")
+        return x
+    return parse
 
 
-def _positive_float(value: str) -> float:
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}") from None
-    if not math.isfinite(x) or x <= 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {value}")
-    return x
-
-
-def _seed(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed in [0, 2**63), got {value!r}") from None
-    if not 0 <= n < 2**63:
-        raise argparse.ArgumentTypeError(f"expected an integer seed in [0, 2**63), got {n}")
-    return n
+_positive = _argument(int, lambda n: n > 0, "a positive integer")
+_positive_float = _argument(float, lambda x: math.isfinite(x) and x > 0, "a finite number > 0")
+_seed = _argument(int, lambda n: 0 <= n < 2**63, "an integer seed in [0, 2**63)")
 
 
 class _Parser(argparse.ArgumentParser):
