@@ -3,7 +3,9 @@
     swa_attention.py     pre-fill: flash attention that visits only the window's tiles
     chunk_attention.py   a pre-fill chunk over [rolling buffer, read in place + chunk]
     decode_attention.py  one query over the rolling buffer, split across programs
-    cache_write.py       scatter new K/V into slots (start + t) mod S
+    cache_write.py       scatter new K/V into slots position mod S, per sequence
+    attend.py            the device functions the three attention kernels share
+    launch.py            tile sizes from the device, input checks, launch set-up
     counters.py          per-program counters the kernels fill inside mistral_lab.trace()
     bench.py             GPU timings against FlexAttention and SDPA
 
@@ -20,7 +22,7 @@ import importlib.util
 import os
 import sys
 
-_KERNEL_MODULES = ("swa_attention", "chunk_attention", "decode_attention", "cache_write")
+_KERNEL_MODULES = ("attend", "launch", "swa_attention", "chunk_attention", "decode_attention", "cache_write")
 
 
 class TritonUnavailable(RuntimeError):

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from . import counters
-from .swa_attention import batch_positions, interpreting
+from .launch import batch_positions, interpreting
 
 
 @triton.jit

@@ -26,8 +26,8 @@ import triton
 import triton.language as tl
 
 from . import counters
-from .swa_attention import (LOG2E, _attend_tile, _attend_window, _empty_state, _load_query_rows, _store_rows,
-                            _visible, batch_positions, check_consecutive, check_window, prefill_launch, prepare)
+from .attend import LOG2E, _attend_tile, _attend_window, _empty_state, _load_query_rows, _store_rows, _visible
+from .launch import batch_positions, check_consecutive, check_window, prefill_launch, prepare
 
 
 @triton.jit

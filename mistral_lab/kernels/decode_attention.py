@@ -28,8 +28,8 @@ import triton
 import triton.language as tl
 
 from . import counters
-from .swa_attention import (LOG2E, _attend_tile, _empty_state, _visible, batch_positions, check_window, dot_settings,
-                            interpreting, prepare)
+from .attend import LOG2E, _attend_tile, _empty_state, _visible
+from .launch import batch_positions, check_window, dot_settings, interpreting, prepare
 
 
 @triton.jit
