@@ -13,6 +13,15 @@ LOG2E = 1.4426950408889634  # scores are kept in base 2: exp(x) = exp2(x * log2(
 
 
 @triton.jit
+def _program(n_kv_heads):
+    """(program_id 0, program_id 1, sequence b, key/value head kh): axis 1 runs over
+    batch x KV heads in every attention kernel, axis 0 over query blocks or splits."""
+    pid0 = tl.program_id(0)
+    pid_bk = tl.program_id(1)
+    return pid0, pid_bk, pid_bk // n_kv_heads, pid_bk % n_kv_heads
+
+
+@triton.jit
 def _empty_state(ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
     """The online softmax before any key (acc = 0, max = -inf, sum = 0) and the four
     counters at zero: acc, m_i, l_i, n_tiles, kv_bytes, flops, n_visible."""

@@ -28,8 +28,8 @@ import triton
 import triton.language as tl
 
 from . import counters
-from .attend import LOG2E, _attend_tile, _empty_state, _visible
-from .launch import batch_positions, check_window, dot_settings, interpreting, prepare
+from .attend import LOG2E, _attend_tile, _empty_state, _program, _visible
+from .launch import batch_positions, check_window, dot_settings, interpreting, overridden, prepare
 
 
 @triton.jit
@@ -42,10 +42,7 @@ def _decode_split_kernel(Q, CK, CV, CPOS, POS, MID_O, MID_ML, CTR,
                          HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
                          WINDOWED: tl.constexpr, COUNT: tl.constexpr, ELEM_BYTES: tl.constexpr,
                          DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
-    split = tl.program_id(0)
-    pid_bk = tl.program_id(1)
-    b = pid_bk // n_kv_heads
-    kh = pid_bk % n_kv_heads
+    split, pid_bk, b, kh = _program(n_kv_heads)
 
     # The G query heads of this KV group, padded to ROWS >= 16 rows for tl.dot.
     rows = tl.arange(0, ROWS)
@@ -166,13 +163,8 @@ def decode_attention(q, cache_k, cache_v, cache_pos, position, window,
     out_dtype, elem_bytes = q.dtype, cache_k.element_size()
     q, cache_k, cache_v = prepare(q), prepare(cache_k), prepare(cache_v)
     G = H // Kh
-    cfg = decode_blocks(min(S, window or S), B * Kh, q.dtype)
-    if block_n is not None:
-        cfg["BLOCK_N"] = block_n
-    if num_splits is not None:
-        cfg["NUM_SPLITS"] = num_splits
-    if num_warps is not None:
-        cfg["num_warps"] = num_warps
+    cfg = overridden(decode_blocks(min(S, window or S), B * Kh, q.dtype), BLOCK_N=block_n, NUM_SPLITS=num_splits,
+                     num_warps=num_warps)
     splits, BLOCK_D = cfg["NUM_SPLITS"], max(16, triton.next_power_of_2(D))
     mid_o = torch.empty((B, H, splits, BLOCK_D), dtype=torch.float32, device=q.device)
     mid_ml = torch.empty((B, H, splits, 2), dtype=torch.float32, device=q.device)

@@ -82,6 +82,11 @@ def batch_positions(positions: torch.Tensor, B: int, device) -> torch.Tensor:
 
 
 
+def overridden(cfg: dict, **overrides) -> dict:
+    """The device's tile config with the settings a test or a tuning sweep gave (None: keep)."""
+    return {**cfg, **{k: v for k, v in overrides.items() if v is not None}}
+
+
 def prefill_launch(q, Kh, block_m, block_n, counter_names, num_warps=None, num_stages=None):
     """What both pre-fill launchers set up: head grouping, tile config (with test and
     tuning overrides), output, grid (query blocks x batch*KV heads), counters, dot precision."""
@@ -90,15 +95,8 @@ def prefill_launch(q, Kh, block_m, block_n, counter_names, num_warps=None, num_s
         raise ValueError(f"{H} query heads cannot be grouped over {Kh} key/value heads")
     G = H // Kh
     G_P2 = triton.next_power_of_2(G)
-    cfg = prefill_blocks(G_P2, D, q.dtype)
-    if block_m is not None:
-        cfg["BLOCK_M"] = block_m
-    if block_n is not None:
-        cfg["BLOCK_N"] = block_n
-    if num_warps is not None:
-        cfg["num_warps"] = num_warps
-    if num_stages is not None:
-        cfg["num_stages"] = num_stages
+    cfg = overridden(prefill_blocks(G_P2, D, q.dtype), BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps,
+                     num_stages=num_stages)
     o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     grid = (triton.cdiv(T, cfg["BLOCK_M"]), B * Kh)
     ctr, count = counters.buffer(grid, len(counter_names), q.device)

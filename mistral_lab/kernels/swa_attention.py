@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from . import counters
-from .attend import LOG2E, _attend_window, _empty_state, _load_query_rows, _store_rows
+from .attend import LOG2E, _attend_window, _program, _empty_state, _load_query_rows, _store_rows
 from .launch import batch_positions, check_consecutive, check_window, interpreting, prefill_launch, prepare  # noqa: F401
 
 
@@ -48,10 +48,7 @@ def _swa_prefill_kernel(Q, K, V, O, POS, CTR,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         WINDOWED: tl.constexpr, COUNT: tl.constexpr, ELEM_BYTES: tl.constexpr,
                         DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_bk = tl.program_id(1)
-    b = pid_bk // n_kv_heads
-    kh = pid_bk % n_kv_heads
+    pid_m, pid_bk, b, kh = _program(n_kv_heads)
     m0 = pid_m * BLOCK_M
     m1 = tl.minimum(m0 + BLOCK_M, T) - 1  # last real query of this program
     POS = POS + b.to(tl.int64) * stride_pb  # this sequence's positions
