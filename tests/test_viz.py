@@ -132,12 +132,45 @@ def test_controls_draws_now_and_on_every_change():
     calls = []
     a, b = widgets.IntSlider(value=1, max=9), widgets.IntSlider(value=2, max=9)
     ui = controls(lambda a, b: calls.append((a, b)) or f"{a},{b}", a=a, b=b)
-    assert calls == [(1, 2)] and isinstance(ui.children[0], widgets.HBox)
+    assert calls == [(1, 2)] and isinstance(ui.controls, widgets.HBox) and ui.figure == "1,2"
     b.value = 5
     a.value = 3
-    assert calls == [(1, 2), (1, 5), (3, 5)]
+    assert calls == [(1, 2), (1, 5), (3, 5)] and ui.figure == "3,5"
     one = controls(lambda step: step, step=widgets.IntSlider(value=4))
-    assert isinstance(one.children[0], widgets.IntSlider)  # a single slider is not wrapped
+    assert isinstance(one.controls, widgets.IntSlider)  # a single slider is not wrapped
+
+
+def test_explorer_shows_a_saved_figure_and_plain_text_for_its_controls(monkeypatch):
+    """Displayed: the controls (their text stand-in is one line, never a widget repr), then
+    the figure as an ordinary output with a display id, replaced in place on a change."""
+    widgets = pytest.importorskip("ipywidgets")
+    import IPython.display
+    from mistral_lab.viz.widgets import COLD_TEXT, controls
+
+    shown, handles = [], []
+
+    class Handle:
+        def __init__(self):
+            self.updates = []
+
+        def update(self, obj):
+            self.updates.append(obj)
+
+    def display(obj, display_id=None):
+        shown.append(obj)
+        if display_id:
+            handles.append(Handle())
+            return handles[-1]
+
+    monkeypatch.setattr(IPython.display, "display", display)
+    s = widgets.IntSlider(value=2, max=9)
+    ui = controls(lambda x: vm.masks_figure(x + 2, 2), x=s)
+    ui._ipython_display_()
+    bundle = shown[0]._repr_mimebundle_()
+    assert bundle["text/plain"] == COLD_TEXT and "application/vnd.jupyter.widget-view+json" in bundle
+    assert shown[1] is ui.figure and type(ui.figure).__name__ == "Figure"  # a plain plotly output
+    s.value = 5
+    assert handles[0].updates == [ui.figure] and ui.figure is not shown[1]
 
 
 def test_chunk_explorer_clamps_the_index_before_drawing():
@@ -146,7 +179,7 @@ def test_chunk_explorer_clamps_the_index_before_drawing():
     model = ml.Transformer(TINY).eval()
     ids = list(range(40))
     ui = vp.chunk_explorer(model, ids, [str(i) for i in ids], chunk=4, index=9)
-    size, idx = ui.children[0].children
+    size, idx = ui.controls.children
     size.value = 16  # 40 tokens in chunks of 16: index 0..2
     assert idx.max == 2 and idx.value == 2
 
