@@ -326,8 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-tokens", type=_positive, default=None)
     q.set_defaults(func=cmd_perplexity)
 
-    b = command("bench", help="benchmarks: attention / decode kernels (GPU), cpu-decode vs Hugging Face")
-    b.add_argument("what", choices=["attention", "decode", "cpu-decode"])
+    b = command("bench", help="benchmarks: attention / decode / serve (GPU), cpu-decode vs Hugging Face, throughput")
+    b.add_argument("what", choices=["attention", "decode", "cpu-decode", "throughput", "serve"])
     b.add_argument("--model", default=None)
     b.add_argument("--out", default=None, help="write results as JSON here")
     b.add_argument("--tokens", type=_positive, default=200)

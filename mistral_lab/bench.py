@@ -5,6 +5,8 @@ date, versions, CPU/GPU, threads), each written whole by files.atomic_write_json
                                                transformers, same weights, same machine, same run
     python -m mistral_lab bench attention      GPU: SWA pre-fill kernel vs FlexAttention / SDPA
     python -m mistral_lab bench decode         GPU: decode over a full rolling buffer
+    python -m mistral_lab bench throughput     tokens/s against batch size, GQA vs MHA (throughput.py)
+    python -m mistral_lab bench serve          GPU: 7B serving tokens/s, batch 1-8, static step vs HF
 """
 from __future__ import annotations
 
@@ -122,6 +124,10 @@ def main(args) -> None:
             print(f"  {x:6.2f}x  {name}")
         same = report["same_greedy_tokens_of"]
         print("  same greedy tokens: " + ", ".join(f"{k} {v}/{same['out_of']}" for k, v in same.items() if k != "out_of"))
+    elif args.what in ("throughput", "serve"):  # GQA vs MHA under one cache budget; GPU serving speed
+        from . import throughput
+
+        report = throughput.main(args)
     else:
         from .kernels import bench as kbench
 

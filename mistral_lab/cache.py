@@ -231,6 +231,22 @@ class LayerCache:
         self.v[b, s] = v[b, t].to(self.v.dtype)
         self.pos[b, s] = p
 
+    def write_step(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
+        """The static decode step's write (static_decode): one token per sequence, k, v
+        (B, 1, K, D) at positions (B, 1) that live on the cache's device (-1: no token).
+        No host synchronisation (no nonzero, no int() of a position), so a CUDA graph can
+        hold it: every sequence scatters into slot position mod S, and one without a token
+        writes its slot 0 back onto itself."""
+        B = k.shape[0]
+        p = positions.reshape(B)
+        keep = p >= 0
+        s = self.slot(p.clamp(min=0))  # (B,)
+        idx = s.view(B, 1, 1, 1).expand(B, 1, k.shape[2], k.shape[3])
+        for dst, new in ((self.k, k), (self.v, v)):
+            dst.scatter_(1, idx, torch.where(keep.view(B, 1, 1, 1), new.to(dst.dtype), dst.gather(1, idx)))
+        pos = self.pos
+        pos.scatter_(1, s[:, None], torch.where(keep, p, pos.gather(1, s[:, None])[:, 0])[:, None])
+
     def append(self, pos: int, k: torch.Tensor, v: torch.Tensor, window: int | None):
         """The lean decode step's write (fast_decode: one sequence, no trace): store k, v
         (K, D) of position `pos` of sequence 0, and return the keys and values its query

@@ -24,6 +24,7 @@ import torch
 
 from .cache import KVCache
 from .model import Transformer
+from .static_decode import StaticDecode
 
 
 @dataclass
@@ -197,6 +198,15 @@ def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = N
     check_sampling(temperature, top_k, top_p)
     if temperature == 0:
         return logits.argmax(dim=-1)
+    probs = torch.softmax(filtered_logits(logits, temperature, top_k, top_p), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[..., 0]
+
+
+def filtered_logits(logits: torch.Tensor, temperature: float, top_k: int | None = None,
+                    top_p: float | None = None) -> torch.Tensor:
+    """logits / temperature (> 0) in fp32, -inf outside the top_k tokens and outside the
+    nucleus of top_p: what sample() and the static decode step draw from. Device ops
+    only (no host sync), so a CUDA graph can hold it."""
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
@@ -208,22 +218,32 @@ def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = N
         drop_sorted = (cum - torch.softmax(sorted_logits, dim=-1)) >= top_p
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)[..., 0]
+    return logits
 
 
-ENGINES = ("auto", "model", "fast", "fast-fp16")
+ENGINES = ("auto", "model", "fast", "fast-fp16", "static")
 
 
-def _decode_step(model: Transformer, cache: KVCache, engine: str):
-    """The packed decode step for this engine, or None for Transformer.forward."""
+def _decode_step(model: Transformer, cache: KVCache, engine: str, **static):
+    """The packed decode step for this engine, a static_decode.StaticDecode (built with
+    `static`: end and the sampling settings), or None for Transformer.forward."""
     from .fast_decode import DecodeStep, decode_step
 
     if engine == "model":
         return None
+    if engine == "static":
+        why_not = StaticDecode.unsupported(model, cache)
+        if why_not is not None:
+            raise ValueError(f"engine='static' cannot run here: {why_not}; use engine='model'")
+        return StaticDecode(model, cache, **static)
     why_not = DecodeStep.unsupported(model, cache)
     if engine == "auto":
-        return decode_step(model) if why_not is None else None
+        if why_not is None:
+            return decode_step(model)
+        # on a GPU the static step, captured in a CUDA graph, at any batch size
+        if cache.k.device.type == "cuda" and StaticDecode.unsupported(model, cache) is None:
+            return StaticDecode(model, cache, **static)
+        return None
     if why_not is not None:
         raise ValueError(f"engine={engine!r} cannot run here: {why_not}; use engine='model'")
     return decode_step(model, "fp16" if engine == "fast-fp16" else "fp32")
@@ -261,8 +281,10 @@ def generate(
     engine picks what runs each decode step (the pre-fill is always the model):
     "model" is Transformer.forward; "fast" is fast_decode.DecodeStep, the same function
     in far fewer operations (one sequence on the CPU, torch backend); "fast-fp16" is
-    that step with fp16 weight matrices; "auto" takes "fast" where it applies (and not
-    inside trace.record(), which records what the model does), else "model".
+    that step with fp16 weight matrices; "static" is static_decode.StaticDecode (any
+    batch, sampling on the device, a CUDA graph on a GPU, eager on the CPU); "auto" takes
+    "fast" where it applies, else "static" on a GPU, else "model" (and "model" inside
+    trace.record(), which records what the model does).
     """
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
@@ -280,10 +302,14 @@ def generate(
     if cache.batch_size != B:
         raise ValueError(f"the cache holds {cache.batch_size} sequences but {B} prompts were given: "
                          f"use model.new_cache({B})")
-    step = _decode_step(model, cache, engine) if max_new_tokens > 1 else None
     generator = None
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
+    end = int((cache.seq_pos + lengths).max()) + max_new_tokens - 1  # one past the last position decoded
+    step = _decode_step(model, cache, engine, end=end, temperature=temperature, top_k=top_k, top_p=top_p,
+                        generator=generator) if max_new_tokens > 1 else None
+    static = isinstance(step, StaticDecode)  # it samples on the device
+    picked = None  # (tokens, log-probabilities) a static step picked, on the device
 
     t0 = time.perf_counter()
     logits = prefill(model, ids, cache, chunk_size, lengths=None if B == 1 else lengths)  # (B, vocab)
@@ -294,8 +320,11 @@ def generate(
     _sync(device)
     t1 = time.perf_counter()
     while max_new_tokens > 0:
-        token = sample(logits, temperature, top_k, top_p, generator)  # (B,)
-        logp = torch.log_softmax(logits.float(), -1).gather(-1, token[:, None])[:, 0].tolist()
+        if picked is None:
+            token = sample(logits, temperature, top_k, top_p, generator)  # (B,)
+            logp = torch.log_softmax(logits.float(), -1).gather(-1, token[:, None])[:, 0].tolist()
+        else:  # the static step's: the host waits here, once a token (EOS, streaming, results)
+            token, logp = picked[0], picked[1].tolist()
         toks = token.tolist()
         for b in torch.nonzero(running).flatten().tolist():
             new[b].append(toks[b])
@@ -308,7 +337,9 @@ def generate(
                 running[b] = False
         if not bool(running.any()):
             break
-        if step is not None:
+        if static:
+            picked = step(token, running)
+        elif step is not None:
             logits = step(toks[0], cache)
         else:
             feed = torch.where(running.to(device), token, 0)[:, None]  # a stopped sequence gets no token

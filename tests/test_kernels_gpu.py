@@ -82,3 +82,98 @@ def test_shipped_model_generates_the_same_tokens_on_the_gpu():
     assert tri.new_tokens == ref.new_tokens
     agree = sum(a == b for a, b in zip(cpu.new_tokens, ref.new_tokens))
     assert agree >= 150, f"GPU and CPU greedy tokens agree on {agree}/200 only"  # fp32 rounding may split late ties
+
+
+# ---- the static decode step (static_decode.py): its CUDA graph against the eager step and the model
+
+def _static_lockstep(model, prompts, steps, graph):
+    """Greedy tokens and logits of StaticDecode (graph or eager) from the same pre-fill."""
+    from mistral_lab.generate import prefill
+    from mistral_lab.static_decode import StaticDecode
+
+    lengths = torch.tensor([len(p) for p in prompts])
+    ids = torch.zeros(len(prompts), int(lengths.max()), dtype=torch.long, device=DEV)
+    for b, p in enumerate(prompts):
+        ids[b, :len(p)] = torch.tensor(p)
+    with torch.inference_mode():
+        cache = model.new_cache(len(prompts))
+        token = prefill(model, ids, cache, lengths=lengths).argmax(-1)
+        step = StaticDecode(model, cache, end=int(lengths.max()) + steps, graph=graph)
+        running = torch.ones(len(prompts), dtype=torch.bool)
+        toks, logits = [], []
+        for _ in range(steps):
+            token, _ = step(token, running)
+            toks.append(token.tolist())
+            logits.append(step.logits.clone())
+    return toks, torch.stack(logits), step
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_static_graph_equals_eager_and_model_fp32(backend):
+    """The shipped model in fp32: the replayed graph gives the eager step's logits (the same
+    kernels) and the readable model's greedy tokens, batch 3 ragged, through wraps of W = 64."""
+    model = mistral_lab.load(device=DEV, backend=backend, dtype=torch.float32)
+    prompts = [[1, 2, 3], [4], [5, 6, 7, 8, 9]]
+    g_toks, g_logits, step = _static_lockstep(model, prompts, 150, graph=True)
+    e_toks, e_logits, _ = _static_lockstep(model, prompts, 150, graph=False)
+    assert step.graph is not None
+    assert g_toks == e_toks
+    torch.testing.assert_close(g_logits, e_logits, atol=1e-5, rtol=1e-5)
+    ref = generate(model, prompts, 151, engine="model")
+    for b in range(3):
+        assert [t[b] for t in g_toks] == ref[b].new_tokens[1:]
+
+
+def test_static_graph_bf16_7b_layer_shapes():
+    """bf16, Mistral 7B's layer shapes (2 layers, small vocab): graph == eager exactly,
+    and the readable model's logits within the bf16 tolerance."""
+    from mistral_lab import throughput
+    from mistral_lab.config import preset
+
+    args = preset("mistral-7b-v0.1").replace(n_layers=2, vocab_size=1024)
+    model = throughput.random_model(args, dtype=torch.bfloat16, device=DEV, backend="triton")
+    prompts = [[1, 2, 3], [4, 5]]
+    g_toks, g_logits, _ = _static_lockstep(model, prompts, 20, graph=True)
+    e_toks, e_logits, _ = _static_lockstep(model, prompts, 20, graph=False)
+    assert g_toks == e_toks and torch.equal(g_logits, e_logits)
+    ref = generate(model, prompts, 21, engine="model")
+    agree = sum(t[0] == x for t, x in zip(g_toks, ref[0].new_tokens[1:]))
+    assert agree >= 15, f"bf16 static vs model greedy tokens agree on {agree}/20"  # near-ties may split
+
+
+def test_static_graph_replay_never_syncs():
+    """Replaying the captured step under sync debug mode 'error': any host sync raises."""
+    model = mistral_lab.load(device=DEV, dtype=torch.float32)
+    from mistral_lab.generate import prefill
+    from mistral_lab.static_decode import WARMUP_STEPS, StaticDecode
+
+    with torch.inference_mode():
+        cache = model.new_cache(2)
+        token = prefill(model, torch.tensor([[1, 2, 3], [4, 5, 6]], device=DEV), cache).argmax(-1)
+        step = StaticDecode(model, cache, end=200, temperature=0.8, top_p=0.9,
+                            generator=torch.Generator(device=DEV).manual_seed(0))
+        running = torch.ones(2, dtype=torch.bool)
+        for _ in range(WARMUP_STEPS + 1):
+            token, _ = step(token, running)
+        assert step.graph is not None
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(100):
+                token, _ = step(token, running)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        torch.cuda.synchronize()
+        assert torch.equal(step.pos.cpu(), cache.seq_pos)
+
+
+def test_generate_auto_takes_the_static_graph_on_cuda():
+    model = mistral_lab.load(device=DEV, dtype=torch.float32)
+    from mistral_lab.generate import _decode_step
+    from mistral_lab.static_decode import StaticDecode
+
+    with torch.inference_mode():
+        assert isinstance(_decode_step(model, model.new_cache(4), "auto", end=100), StaticDecode)
+    tok = mistral_lab.load_tokenizer()
+    prompt = tok.encode("ROMEO:")
+    assert generate(model, prompt, 100).new_tokens == generate(model, prompt, 100, engine="model").new_tokens
