@@ -103,3 +103,26 @@ def gqa_vs_repeated(qkv: dict) -> tuple[torch.Tensor, torch.Tensor]:
     shared = ops.attention(q, k, v, pos, pos, W)
     repeated = ops.attention(q, k.repeat_interleave(G, dim=2), v.repeat_interleave(G, dim=2), pos, pos, W)
     return shared, repeated
+
+
+def throughput_figure(rows: list[dict], context: int) -> go.Figure:
+    """Tokens/s against batch size at one context: GQA and MHA, rolling buffer and full cache,
+    each line ending at the largest batch that fits the cache budget (rows of
+    throughput.load_rows)."""
+    fig = go.Figure()
+    styles = {"gqa": "#3b6fb6", "mha": "#d9534f"}
+    for variant in ("gqa", "mha"):
+        for kind, dash in (("rolling", "solid"), ("full", "dot")):
+            pts = sorted((r["batch"], r["tokens_per_s"]) for r in rows
+                         if r["variant"] == variant and r["kind"] == kind and r["context"] == context)
+            if not pts:
+                continue
+            heads = next(r["n_kv_heads"] for r in rows if r["variant"] == variant)
+            fig.add_scatter(x=[b for b, _ in pts], y=[t for _, t in pts], mode="lines+markers",
+                            name=f"{variant.upper()} ({heads} K/V heads), {kind} cache",
+                            line=dict(color=styles[variant], dash=dash))
+    fig.update_xaxes(type="log", title="batch (sequences decoded together; each line ends at the largest that fits)")
+    fig.update_yaxes(type="log", title="tokens / s")
+    fig.update_layout(title=f"decode throughput at {context:,} tokens of context, one cache budget", height=420,
+                      margin=dict(l=60, r=20, t=50, b=50), legend=dict(orientation="h", y=-0.25))
+    return fig
