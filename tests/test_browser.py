@@ -1,15 +1,21 @@
-"""End to end in a real browser: JupyterLab runs notebook 05 and shows its plotly chart and
-its ipywidgets slider.
+"""End to end in a real browser, as a student meets the notebooks in JupyterLab.
+
+1. Cold: every notebook is opened as committed, before anything runs. Its saved figures
+   must be drawn (plotly renders the saved JSON) and no widget may show as the text of
+   its repr (`VBox(children=...)`): controls read as one line saying to run the cell.
+2. Live: notebooks 01 and 03 are run (Run All, outputs cleared first), a slider is moved
+   with the keyboard, and the figure beside it must change.
 
 Needs the PyPI package playwright and Debian's chromium (/usr/bin/chromium); skipped
 otherwise. Playwright's own browser download (`playwright install`) is never used.
-The notebook is copied (outputs cleared) into a temporary root, so the repository's copy
-is never touched; the screenshot goes to test-artifacts/browser_05.png.
+The notebooks are copied into a temporary root, so the repository's copies are never
+touched; screenshots go to test-artifacts/ (browser_cold_NN.png, browser_live_NN.png).
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -22,9 +28,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-NOTEBOOK = "05_memory_at_32k.ipynb"
+NOTEBOOKS = sorted(p.name for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+LIVE = ["01_sliding_window_masks.ipynb", "03_rolling_buffer.ipynb"]
 CHROMIUM = "/usr/bin/chromium"
-ARTIFACT = REPO / "test-artifacts" / "browser_05.png"
+ARTIFACTS = REPO / "test-artifacts"
+WIDGET_REPR = re.compile(r"\b(VBox|HBox|IntSlider|Output|FloatProgress)\(")
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 if not Path(CHROMIUM).exists():
@@ -45,12 +53,22 @@ def _copy_without_outputs(src: Path, dst: Path) -> None:
     dst.write_text(json.dumps(nb, indent=1))
 
 
+def _saved_figures(path: Path) -> int:
+    nb = json.loads(path.read_text())
+    return sum("application/vnd.plotly.v1+json" in o.get("data", {})
+               for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []))
+
+
 @pytest.fixture
 def lab(tmp_path):
     """A headless JupyterLab serving a temporary copy of notebook 05; yields its URL."""
     root = tmp_path / "root"
-    (root / "notebooks").mkdir(parents=True)
-    _copy_without_outputs(REPO / "notebooks" / NOTEBOOK, root / "notebooks" / NOTEBOOK)
+    (root / "cold").mkdir(parents=True)
+    (root / "live").mkdir()
+    for name in NOTEBOOKS:
+        shutil.copy(REPO / "notebooks" / name, root / "cold" / name)
+    for name in LIVE:
+        _copy_without_outputs(REPO / "notebooks" / name, root / "live" / name)
     # start the notebook's kernel without the "Select Kernel" dialog, and no news toast
     settings = tmp_path / "settings" / "@jupyterlab"
     (settings / "notebook-extension").mkdir(parents=True)
@@ -78,7 +96,8 @@ def lab(tmp_path):
                 if proc.poll() is not None or time.time() > deadline:
                     pytest.fail("JupyterLab did not start:\n" + (tmp_path / "jupyter.log").read_text()[-3000:])
                 time.sleep(0.5)
-        yield f"{url}/lab/tree/notebooks/{NOTEBOOK}?token={token}"
+        # ?reset: a fresh workspace, so the notebook opened before is not restored beside it
+        yield lambda folder, name: f"{url}/lab/tree/{folder}/{name}?reset&token={token}"
     finally:
         proc.terminate()
         try:
@@ -89,48 +108,110 @@ def lab(tmp_path):
         log.close()
 
 
-def test_notebook_05_renders_plotly_and_slider(lab, tmp_path):
-    before = (REPO / "notebooks" / NOTEBOOK).read_bytes()
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _open(page, url: str) -> None:
+    page.goto(url, wait_until="domcontentloaded", timeout=90_000)
+    page.wait_for_selector(".jp-NotebookPanel:visible .jp-Cell", timeout=90_000)
+    page.wait_for_timeout(1500)
+    select = page.locator(".jp-Dialog").get_by_role("button", name="Select", exact=True)
+    if select.is_visible():  # in case the kernel settings were not honoured
+        select.click()
+    if page.get_by_role("button", name="No", exact=True).is_visible():  # "Jupyter news?" toast
+        page.get_by_role("button", name="No", exact=True).click()
+
+
+def _read_through(page) -> tuple[str, int]:
+    """JupyterLab renders cells lazily (windowing): scroll the open notebook end to end and
+    return (all the text shown on the way, the most plotly figures drawn at once)."""
+    texts, drawn = [], 0
+    for _ in range(120):
+        page.wait_for_timeout(250)
+        step = page.evaluate("""() => { const n = [...document.querySelectorAll('.jp-NotebookPanel')]
+            .find(p => !p.classList.contains('lm-mod-hidden')); if (!n) return null;
+            const s = n.querySelector('.jp-WindowedPanel-outer') || n.querySelector('.jp-Notebook');
+            const r = {text: n.querySelector('.jp-Notebook').innerText,
+                       drawn: n.querySelectorAll('.js-plotly-plot').length,
+                       end: s.scrollTop + s.clientHeight >= s.scrollHeight - 2};
+            s.scrollTop += s.clientHeight * 0.8; return r; }""")
+        if step is None:
+            break
+        texts.append(step["text"])
+        drawn = max(drawn, step["drawn"])
+        if step["end"]:
+            break
+    return "\n".join(texts), drawn
+
+
+@pytest.fixture
+def browser(tmp_path):
     with sync_api.sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, args=args, headless=True,
+            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, args=ARGS, headless=True,
             viewport={"width": 1400, "height": 1000})
         try:
-            page = context.pages[0] if context.pages else context.new_page()
-            page.goto(lab, wait_until="domcontentloaded", timeout=90_000)
-            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle'], "
-                                   ".jp-Toolbar-kernelStatus, .jp-KernelStatus", timeout=90_000)
-            page.wait_for_timeout(2000)
-            select = page.locator(".jp-Dialog").get_by_role("button", name="Select", exact=True)
-            if select.is_visible():  # in case the settings above were not honoured
-                select.click()
-            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-            page.get_by_role("menuitem", name="Run All Cells", exact=True).click(timeout=10_000)
-            plot = page.wait_for_selector(".js-plotly-plot, .plot-container", timeout=240_000)
-            slider = page.wait_for_selector(".widget-slider", timeout=240_000)
-            # Run All is done when every code cell has an execution number (outputs were cleared,
-            # so none had one; a failing cell stops the run and this times out)
-            page.wait_for_function(
-                "() => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]"
-                ".map(e => e.textContent); return p.length > 0 && p.every(t => /\\[\\d+\\]/.test(t)); }",
-                timeout=240_000)
-            assert page.locator(".js-plotly-plot").count() >= 1
-            assert page.locator(".jupyter-widgets").count() >= 1
-            if page.get_by_role("button", name="No", exact=True).is_visible():  # "Jupyter news?" toast
-                page.get_by_role("button", name="No", exact=True).click()
-            slider.scroll_into_view_if_needed()
-            page.wait_for_timeout(1000)
-            ARTIFACT.parent.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACT))
-            assert page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").filter(
-                has_text="Error").count() == 0
-        except Exception:
-            ARTIFACT.parent.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACT.with_name("browser_05_failure.png")))
-            raise
+            yield context.pages[0] if context.pages else context.new_page()
         finally:
             context.close()
-    assert (REPO / "notebooks" / NOTEBOOK).read_bytes() == before
+
+
+def test_every_notebook_looks_right_before_it_runs(lab, browser):
+    before = {n: (REPO / "notebooks" / n).read_bytes() for n in NOTEBOOKS}
+    ARTIFACTS.mkdir(exist_ok=True)
+    page, problems = browser, []
+    for name in NOTEBOOKS:
+        _open(page, lab("cold", name))
+        page.wait_for_timeout(1500)  # figures draw after the cells
+        page.screenshot(path=str(ARTIFACTS / f"browser_cold_{name[:2]}.png"))
+        text, drawn = _read_through(page)
+        if WIDGET_REPR.search(text):
+            problems.append(f"{name}: a widget shows as text: {WIDGET_REPR.search(text).group(0)}...")
+        saved = _saved_figures(REPO / "notebooks" / name)
+        if saved and drawn == 0:
+            problems.append(f"{name}: {saved} saved figures, none drawn")
+    assert not problems, "\n".join(problems)
+    assert all((REPO / "notebooks" / n).read_bytes() == b for n, b in before.items())
+
+
+# The titles of the figure in the first cell that holds a slider: what a redraw changes.
+FIGURE_TEXT = """() => { for (const c of document.querySelectorAll('.jp-CodeCell')) {
+    if (!c.querySelector('.widget-slider')) continue;
+    const p = c.querySelector('.js-plotly-plot'); if (!p) return null;
+    return [...p.querySelectorAll('.gtitle, .annotation-text')].map(x => x.textContent).join(' | '); }
+  return null; }"""
+
+
+@pytest.mark.parametrize("name", LIVE)
+def test_run_then_a_control_redraws_its_figure(lab, browser, name):
+    page = browser
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / f"browser_live_{name[:2]}.png"
+    try:
+        _open(page, lab("live", name))
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.get_by_role("menuitem", name="Run All Cells", exact=True).click(timeout=10_000)
+        # Run All is done when every code cell has an execution number (outputs were cleared,
+        # so none had one; a failing cell stops the run and this times out)
+        page.wait_for_function(
+            "() => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]"
+            ".map(e => e.textContent); return p.length > 0 && p.every(t => /\\[\\d+\\]/.test(t)); }",
+            timeout=300_000)
+        assert page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").filter(
+            has_text="Error").count() == 0
+        cell = page.locator(".jp-CodeCell", has=page.locator(".widget-slider")).first
+        cell.scroll_into_view_if_needed()
+        cell.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+        before = page.evaluate(FIGURE_TEXT)
+        assert before, "no figure beside the slider"
+        handle = cell.locator(".noUi-handle").first
+        handle.focus()
+        for _ in range(3):
+            handle.press("ArrowLeft")
+        page.wait_for_function(f"(old) => {{ const now = ({FIGURE_TEXT})(); return now && now !== old; }}",
+                               arg=before, timeout=60_000)
+        page.screenshot(path=str(shot))
+    except Exception:
+        page.screenshot(path=str(shot.with_name(shot.stem + "_failure.png")))
+        raise
