@@ -72,6 +72,7 @@ class KVCache:
         self.slot_pos = torch.full((args.n_layers, batch_size, capacity), -1, dtype=torch.long, device=device)
         self.seq_pos = torch.zeros(batch_size, dtype=torch.long)  # next position of each sequence (host)
         self.end = 0  # one past the highest position reserved so far (what a full cache must read)
+        self.oldest_query = 0  # the lowest position a query of the current call can have (host int)
 
     @classmethod
     def rolling(cls, args: ModelArgs, batch_size: int = 1, **kw) -> "KVCache":
@@ -126,6 +127,14 @@ class KVCache:
         t = torch.arange(T)
         pos = self.seq_pos[:, None] + t[None, :]
         return torch.where(t[None, :] < lengths[:, None], pos, -1).to(device)
+
+    def begin(self, lengths: torch.Tensor, T: int, device=None) -> torch.Tensor:
+        """Start a call of T columns with lengths (B,) real tokens per row: make room, note
+        the oldest query position (what a full cache's reads start from), and return the
+        (B, T) positions (-1: padding)."""
+        self.reserve(int((self.seq_pos + lengths).max()))
+        self.oldest_query = int(self.seq_pos.min())
+        return self.positions_for(lengths, T, device)
 
     def advance(self, lengths) -> None:
         """Move each sequence on by the tokens it was given (an int: all by the same)."""
@@ -198,9 +207,18 @@ class LayerCache:
         return position % self.capacity
 
     def readable(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(k, v, pos) of the slots attention must read (KVCache.readable_slots): views."""
-        n = self.cache.readable_slots()
-        return self.k[:, :n], self.v[:, :n], self.pos[:, :n]
+        """(k, v, pos) of the slots this call's attention must read, as views: every slot of
+        a rolling buffer; of a full cache only the filled ones (KVCache.readable_slots) and,
+        with a window, only from the oldest position a query of this call can still see
+        (slot = position there), the same run the Triton kernels walk. So a 32k-token
+        pre-fill through a full cache reads W keys per query, not 32k: its memory grows,
+        its work does not. The bound is a host-side int (KVCache.begin), never a device read;
+        a stale one (older) only reads more slots, which the mask then hides."""
+        n, lo = self.cache.readable_slots(), 0
+        W = self.cache.args.sliding_window
+        if self.cache.grow and W is not None:
+            lo = min(max(0, self.cache.oldest_query - W + 1), n)
+        return self.k[:, lo:n], self.v[:, lo:n], self.pos[:, lo:n]
 
     def with_chunk(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor):
         """[cache + chunk] in slot order then chunk order: what a pre-fill chunk attends over

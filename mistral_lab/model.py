@@ -135,8 +135,7 @@ class Transformer(nn.Module):
             if cache.batch_size != B:
                 raise ValueError(f"the cache holds {cache.batch_size} sequences but the tokens have {B} rows: "
                                  f"use model.new_cache({B})")
-            cache.reserve(int((cache.seq_pos + n).max()))  # grows a full cache; a rolling buffer wraps
-            positions = cache.positions_for(n, T, tokens.device)  # (B, T), -1 = padding
+            positions = cache.begin(n, T, tokens.device)  # (B, T), -1 = padding; grows a full cache
         h = self.hidden_states(self.tok_embeddings(tokens), positions, cache)
         if cache is not None:
             cache.advance(n)
