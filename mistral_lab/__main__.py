@@ -44,11 +44,14 @@ def cmd_generate(args) -> None:
         out.write(stream.push(t))
         out.flush()
 
-    result = generate(
-        model, prompt_ids, args.max_new_tokens,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-        eos_id=tok.eos_id, chunk_size=args.chunk_size, engine=args.engine, on_token=on_token,
-    )
+    from . import threads
+
+    with threads.limited(args.threads):  # one thread for a small model's decode unless told otherwise
+        result = generate(
+            model, prompt_ids, args.max_new_tokens,
+            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+            eos_id=tok.eos_id, chunk_size=args.chunk_size, engine=args.engine, on_token=on_token,
+        )
     s = result.stats
     print(f"\n[{s.prompt_tokens} prompt tokens, pre-fill {s.prefill_tokens_per_s:.0f} tok/s; "
           f"{s.new_tokens} new tokens, decode {s.decode_tokens_per_s:.0f} tok/s; stop: {result.stop_reason}]",
@@ -136,12 +139,19 @@ def cmd_perplexity(args) -> None:
     if args.max_tokens:
         ids = ids[: args.max_tokens + 1]
         n = len(ids) - 1
-    logp = score(model, ids, args.chunk_size)
+    from . import threads
+
+    with threads.limited(args.threads, kind="compute"):  # scoring is pre-fill: every usable CPU by default
+        logp = score(model, ids, args.chunk_size)
     nll = -float(logp.sum()) / n
     print(json.dumps({"file": str(path), "tokens": n, "nll": round(nll, 5), "perplexity": round(math.exp(nll), 3)}))
 
 
 def cmd_bench(args) -> None:
+    if args.what == "classroom":
+        from . import classroom
+
+        return classroom.main(args)
     from . import bench
 
     bench.main(args)
@@ -176,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", default="cpu")
         sp.add_argument("--backend", default="torch", choices=["torch", "triton"])
         sp.add_argument("--chunk-size", type=_positive, default=None, help="pre-fill chunk size (default: the window W)")
+        sp.add_argument("--threads", type=_positive, default=None,
+                        help="CPU threads (default: mistral_lab.threads' policy; OMP_NUM_THREADS is honoured)")
 
     g = sub.add_parser("generate", help="prompt -> streamed text")
     model_opts(g)
@@ -226,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_perplexity)
 
     b = sub.add_parser("bench", help="benchmarks: attention / decode kernels (GPU), cpu-decode vs Hugging Face")
-    b.add_argument("what", choices=["attention", "decode", "cpu-decode"])
+    b.add_argument("what", choices=["attention", "decode", "cpu-decode", "classroom"])
     b.add_argument("--model", default=None)
     b.add_argument("--out", default=None, help="write results as JSON here")
     b.add_argument("--tokens", type=_positive, default=200)
