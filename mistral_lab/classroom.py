@@ -47,6 +47,11 @@ SPIN = "while True: pass"
 # --------------------------------------------------------------------------- worker
 
 
+def _cpu_seconds() -> float:
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
+
+
 def _worker(args) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -88,6 +93,7 @@ def _worker(args) -> None:
     print("ready", flush=True)
     if sys.stdin.readline().strip() != "go":  # the parent closed the pipe: nothing to do
         return
+    cpu0 = _cpu_seconds()
     if args.engine == "ours":
         with threads.limited(args.threads) as choice:
             start = time.time()
@@ -100,7 +106,7 @@ def _worker(args) -> None:
         end = time.time()
         used = torch.get_num_threads()
     print(json.dumps({"engine": args.engine, "tokens": n, "start": start, "end": end, "seconds": end - start,
-                      "threads": used, "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}),
+                      "threads": used, "cpu_s": round(_cpu_seconds() - cpu0, 3), "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}),
           flush=True)
 
 
@@ -150,6 +156,7 @@ def run_group(n: int, engine: str, tokens: int, *, hf_path: str | None = None, t
             "span_s": round(span, 3), "slowest_s": round(secs[-1], 3), "median_s": round(statistics.median(secs), 3),
             "slowest_over_median": round(secs[-1] / statistics.median(secs), 2),
             "seconds": [round(s, 3) for s in secs], "threads_per_process": sorted({r["threads"] for r in results}),
+            "cpu_s_per_process_median": round(statistics.median(r["cpu_s"] for r in results), 3),
             "peak_rss_mib_max": max(r["peak_rss_mib"] for r in results)}
 
 

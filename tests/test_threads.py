@@ -77,3 +77,21 @@ def test_no_side_effect_at_import():
         assert torch.get_num_threads() == before + 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_classroom_workers_apply_the_policy():
+    from mistral_lab import classroom
+
+    r = classroom.run_group(2, "ours", 4)
+    assert r["processes"] == 2 and r["tokens_each"] == 4 and len(r["seconds"]) == 2
+    assert r["threads_per_process"] == [threads.choose().n]
+    assert r["aggregate_tokens_per_s"] > 0 and r["peak_rss_mib_max"] > 0
+
+
+def test_cli_threads_option():
+    from mistral_lab.__main__ import build_parser
+
+    args = build_parser().parse_args(["generate", "--prompt", "x", "--threads", "2"])
+    assert args.threads == 2
+    assert build_parser().parse_args(["perplexity", "f.txt"]).threads is None
+    assert build_parser().parse_args(["bench", "classroom"]).what == "classroom"
