@@ -218,9 +218,10 @@ def thread_sweep(tokens: int = 300, repeats: int = 2) -> list[dict]:
         for n in (1, 2):
             sel = [r for r in rows if r["busy_process"] == busy and r["threads"] == n]
             summary.append({"busy_process": busy, "threads": n,
-                            "api_tokens_per_s": statistics.median(r["api_tokens_per_s"] for r in sel),
-                            "cli_decode_tokens_per_s": statistics.median(r["cli_decode_tokens_per_s"] or 0 for r in sel),
-                            "cli_wall_s": statistics.median(r["cli_wall_s"] for r in sel), "runs": len(sel)})
+                            "api_tokens_per_s": round(statistics.median(r["api_tokens_per_s"] for r in sel), 1),
+                            "cli_decode_tokens_per_s": round(statistics.median(r["cli_decode_tokens_per_s"] or 0
+                                                                               for r in sel), 1),
+                            "cli_wall_s": round(statistics.median(r["cli_wall_s"] for r in sel), 2), "runs": len(sel)})
     return summary
 
 

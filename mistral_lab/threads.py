@@ -10,11 +10,19 @@ Why one thread by default. A decode step of the shipped model (6 layers, dim 256
 few dozen small matrix-vector products; splitting each across threads costs more in
 hand-offs than it saves, and when another process is busy on the same cores each
 hand-off waits for a core the scheduler has given away: the threads then collapse.
-Measured on the 2-core AMD EPYC (shared host) of this project, `python -m mistral_lab
-generate --max-new-tokens 300 --prompt ROMEO:` (fast step, fp32); see docs/TEACHING.md
-for the full table and the date:
+Measured 2026-11-25 on this project's 2-vCPU Intel Xeon VM (shared with other work:
+1-minute load average 5.7-6.6 around the run), shipped model, 300 new tokens, medians of
+two runs (`bench classroom`, benchmarks/classroom.json; docs/TEACHING.md has the rest):
 
-    MEASUREMENTS
+    decode tokens/s                   1 thread   2 threads
+    Python API, host's own load          429        11
+    CLI generate, host's own load        420         5.5   (wall 3.7 s vs 59 s)
+    Python API, + our busy process       230         8.4
+    CLI generate, + our busy process     175        12     (wall 10 s vs 75 s)
+
+On a truly idle host two threads can win a little (one pair at load 0.5 the same day:
+CLI 440 tok/s with 2 threads vs 357 with 1), but the first other busy process makes
+them 20-40x slower; one thread loses at most that little and never collapses.
 
 Order of precedence (first that applies):
   1. an explicit argument (`choose(3)`, `limited(3)`, `--threads 3`);
