@@ -78,11 +78,14 @@ def cmd_generate(args) -> None:
         out.write(stream.push(t))
         out.flush()
 
-    result = generate(
-        model, prompt_ids, args.max_new_tokens,
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-        eos_id=tok.eos_id, chunk_size=args.chunk_size, engine=args.engine, on_token=on_token,
-    )
+    from . import threads
+
+    with threads.limited(args.threads):  # one thread for a small model's decode unless told otherwise
+        result = generate(
+            model, prompt_ids, args.max_new_tokens,
+            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+            eos_id=tok.eos_id, chunk_size=args.chunk_size, engine=args.engine, on_token=on_token,
+        )
     s = result.stats
     print(f"\n[{s.prompt_tokens} prompt tokens, pre-fill {s.prefill_tokens_per_s:.0f} tok/s; "
           f"{s.new_tokens} new tokens, decode {s.decode_tokens_per_s:.0f} tok/s; stop: {result.stop_reason}]",
@@ -200,7 +203,10 @@ def cmd_perplexity(args) -> None:
     if path.stat().st_size == 0:
         raise UsageError(f"{path} is empty: give a text file with some text to score")
     model, tok = _model_and_tokenizer(args)
-    result = file_perplexity(model, tok, path, chunk_size=args.chunk_size, max_tokens=args.max_tokens)
+    from . import threads
+
+    with threads.limited(args.threads, kind="compute"):  # scoring is pre-fill: every usable CPU by default
+        result = file_perplexity(model, tok, path, chunk_size=args.chunk_size, max_tokens=args.max_tokens)
     if not math.isfinite(result["nll"]):
         raise UsageError(f"the model's log-likelihood of {path} is not finite: the weights are damaged")
     print(json.dumps(result))
@@ -211,6 +217,10 @@ def cmd_bench(args) -> None:
 
     if args.out:
         files.check_writable(args.out)  # before minutes of benchmarking, not after
+    if args.what == "classroom":
+        from . import classroom
+
+        return classroom.main(args)
 
     bench.main(args)
 
@@ -273,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", default="cpu")
         sp.add_argument("--backend", default="torch", choices=BACKENDS)
         sp.add_argument("--chunk-size", type=_positive, default=None, help="pre-fill chunk size (default: the window W)")
+        sp.add_argument("--threads", type=_positive, default=None,
+                        help="CPU threads (default: mistral_lab.threads' policy; OMP_NUM_THREADS is honoured)")
 
     g = command("generate", help="prompt -> streamed text")
     model_opts(g)
@@ -326,8 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-tokens", type=_positive, default=None)
     q.set_defaults(func=cmd_perplexity)
 
-    b = command("bench", help="benchmarks: attention / decode / serve (GPU), cpu-decode vs Hugging Face, throughput")
-    b.add_argument("what", choices=["attention", "decode", "cpu-decode", "throughput", "serve"])
+    b = command("bench", help="benchmarks: attention / decode / serve (GPU), cpu-decode vs Hugging Face, "
+                              "throughput, classroom")
+    b.add_argument("what", choices=["attention", "decode", "cpu-decode", "throughput", "serve", "classroom"])
     b.add_argument("--model", default=None)
     b.add_argument("--out", default=None, help="write results as JSON here")
     b.add_argument("--tokens", type=_positive, default=200)
