@@ -78,14 +78,12 @@ def cmd_generate(args) -> None:
         out.write(stream.push(t))
         out.flush()
 
-    from . import threads
-
-    with threads.limited(args.threads):  # one thread for a small model's decode unless told otherwise
-        result = generate(
-            model, prompt_ids, args.max_new_tokens,
-            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-            eos_id=tok.eos_id, chunk_size=args.chunk_size, engine=args.engine, on_token=on_token,
-        )
+    result = generate(  # threads: generate's policy (one for a small model) unless --threads says
+        model, prompt_ids, args.max_new_tokens,
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+        eos_id=tok.eos_id, chunk_size=args.chunk_size, engine=args.engine, on_token=on_token,
+        threads=args.threads,
+    )
     s = result.stats
     print(f"\n[{s.prompt_tokens} prompt tokens, pre-fill {s.prefill_tokens_per_s:.0f} tok/s; "
           f"{s.new_tokens} new tokens, decode {s.decode_tokens_per_s:.0f} tok/s; stop: {result.stop_reason}]",

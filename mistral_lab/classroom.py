@@ -65,13 +65,11 @@ def _worker(args) -> None:
 
         model = weights.load()
 
-        def run():
-            g = generate(model, ids, args.tokens, **SAMPLING)
+        def run():  # generate applies the thread policy itself (args.threads, when given, wins)
+            g = generate(model, ids, args.tokens, threads=args.threads, **SAMPLING)
             return len(g.new_tokens)
 
-        # warm-up outside the timing (first-call allocations), a short one
-        with threads.limited(args.threads) as choice:
-            generate(model, ids, 8, **SAMPLING)
+        generate(model, ids, 8, threads=args.threads, **SAMPLING)  # warm-up outside the timing
     else:
         from transformers import MistralForCausalLM
 
@@ -95,11 +93,10 @@ def _worker(args) -> None:
         return
     cpu0 = _cpu_seconds()
     if args.engine == "ours":
-        with threads.limited(args.threads) as choice:
-            start = time.time()
-            n = run()
-            end = time.time()
-        used = choice.n
+        start = time.time()
+        n = run()
+        end = time.time()
+        used = threads.choose(args.threads, kind=threads.kind_for(model)).n
     else:
         start = time.time()
         n = run()

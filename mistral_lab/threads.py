@@ -137,6 +137,16 @@ def apply(n: int | None = None, *, kind: str = "decode") -> ThreadChoice:
     return choice
 
 
+# Below this many parameters a decode step is a few dozen small matrix-vector products
+# (the shipped model: 6.6M): splitting them costs more in hand-offs than it saves.
+SMALL_MODEL_PARAMS = 100_000_000
+
+
+def kind_for(model) -> str:
+    """"decode" (one thread by default) for a small model, "compute" for a large one."""
+    return "decode" if sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS else "compute"
+
+
 @contextmanager
 def limited(n: int | None = None, *, kind: str = "decode") -> Iterator[ThreadChoice]:
     """torch.set_num_threads(policy) inside the block; the caller's own setting after it,

@@ -95,3 +95,21 @@ def test_cli_threads_option():
     assert args.threads == 2
     assert build_parser().parse_args(["perplexity", "f.txt"]).threads is None
     assert build_parser().parse_args(["bench", "classroom"]).what == "classroom"
+
+
+def test_generate_applies_the_policy_and_restores(monkeypatch):
+    import torch
+
+    import mistral_lab as ml
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    torch.manual_seed(0)
+    model = ml.Transformer(ml.preset("tiny")).eval()
+    before = torch.get_num_threads()
+    seen = []
+    ml.generate(model, [1, 2, 3], 3, on_token=lambda t: seen.append(torch.get_num_threads()))
+    assert seen == [1, 1, 1] and torch.get_num_threads() == before  # a small model decodes on one thread
+    seen.clear()
+    ml.generate(model, [1, 2, 3], 2, threads=2, on_token=lambda t: seen.append(torch.get_num_threads()))
+    assert seen == [min(2, threads.usable_cpus())] * 2 and torch.get_num_threads() == before
