@@ -12,10 +12,6 @@ import mistral_lab as ml
 from mistral_lab.train import TrainConfig, lr_at, train
 
 
-def _toy_tokens(n=5000, vocab=512, seed=0):
-    return np.random.default_rng(seed).integers(0, vocab, n).astype(np.uint16)
-
-
 def test_training_is_reproducible_and_learns(tmp_path):
     cfg = TrainConfig(steps=12, batch_size=4, seq_len=32, lr=3e-3, warmup=2, eval_every=6, eval_batches=1)
     data = np.tile(np.arange(40, dtype=np.uint16), 100)  # a repeating pattern a model can learn

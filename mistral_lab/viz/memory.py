@@ -59,16 +59,16 @@ class PrefillRun:
 
 
 @torch.inference_mode()
-def measure_prefill(model, ids, *, full: bool, chunk: int | None = None, progress: bool = True) -> PrefillRun:
+def measure_prefill(model, ids, *, full: bool, chunk: int | None = None, show_progress: bool = True) -> PrefillRun:
     """Pre-fill ids (a list) chunk by chunk into a fresh cache, recording cache.nbytes after each.
     progress: a bar counting tokens, with the rate and the time left."""
-    from tqdm.auto import tqdm
+    from . import progress
 
     chunk = chunk or model.args.sliding_window
     x = torch.tensor([ids])
     cache = model.new_cache(full=full)
     run = PrefillRun("full cache" if full else "rolling buffer")
-    bar = tqdm(total=len(ids), desc=run.label, unit="tok", disable=not progress)
+    bar = progress(total=len(ids), desc=run.label, unit="tok", disable=not show_progress)
     t0 = time.perf_counter()
     for i in range(0, len(ids), chunk):
         logits = model(x[:, i:i + chunk], cache, last_only=True)
