@@ -32,7 +32,8 @@ NOTEBOOKS = sorted(p.name for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb
 LIVE = ["01_sliding_window_masks.ipynb", "03_rolling_buffer.ipynb"]
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts"
-WIDGET_REPR = re.compile(r"\b(VBox|HBox|IntSlider|Output|FloatProgress)\(")
+# a widget's repr shown as text, or a widget view that cannot be drawn without its kernel
+WIDGET_REPR = re.compile(r"\b(VBox|HBox|IntSlider|Output|FloatProgress)\(|Error displaying widget|Loading widget")
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 if not Path(CHROMIUM).exists():

@@ -140,37 +140,22 @@ def test_controls_draws_now_and_on_every_change():
     assert isinstance(one.controls, widgets.IntSlider)  # a single slider is not wrapped
 
 
-def test_explorer_shows_a_saved_figure_and_plain_text_for_its_controls(monkeypatch):
-    """Displayed: the controls (their text stand-in is one line, never a widget repr), then
-    the figure as an ordinary output with a display id, replaced in place on a change."""
+def test_explorer_is_one_output_with_a_live_face_and_a_saved_figure():
+    """One bundle: the widget (live), the figure's plotly JSON (what a cold, untrusted
+    notebook shows) and one line of text (never a widget repr)."""
     widgets = pytest.importorskip("ipywidgets")
-    import IPython.display
-    from mistral_lab.viz.widgets import COLD_TEXT, controls
+    from mistral_lab.viz.widgets import COLD_TEXT, PLOTLY_MIME, controls
 
-    shown, handles = [], []
-
-    class Handle:
-        def __init__(self):
-            self.updates = []
-
-        def update(self, obj):
-            self.updates.append(obj)
-
-    def display(obj, display_id=None):
-        shown.append(obj)
-        if display_id:
-            handles.append(Handle())
-            return handles[-1]
-
-    monkeypatch.setattr(IPython.display, "display", display)
     s = widgets.IntSlider(value=2, max=9)
     ui = controls(lambda x: vm.masks_figure(x + 2, 2), x=s)
-    ui._ipython_display_()
-    bundle = shown[0]._repr_mimebundle_()
+    bundle = ui._repr_mimebundle_()
     assert bundle["text/plain"] == COLD_TEXT and "application/vnd.jupyter.widget-view+json" in bundle
-    assert shown[1] is ui.figure and type(ui.figure).__name__ == "Figure"  # a plain plotly output
+    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == ui.widget.model_id
+    first = bundle[PLOTLY_MIME]
+    assert len(first["data"]) == 3 and first["data"][0]["z"]  # the three masks, 4 tokens
     s.value = 5
-    assert handles[0].updates == [ui.figure] and ui.figure is not shown[1]
+    moved = ui._repr_mimebundle_()[PLOTLY_MIME]
+    assert moved != first and ui.widget.children == (s, ui.output)
 
 
 def test_chunk_explorer_clamps_the_index_before_drawing():
