@@ -50,7 +50,7 @@ def cpu_decode(model_path=None, new_tokens: int = 200, repeats: int = 5, prompt:
     def ours(engine):
         def run():
             t = time.perf_counter()
-            g = generate(model, ids, new_tokens, engine=engine)
+            g = generate(model, ids, new_tokens, engine=engine, threads=torch.get_num_threads())  # as HF's
             return time.perf_counter() - t, g.new_tokens
         return run
 

@@ -271,14 +271,15 @@ class LayerCache:
         sees as one run of slots each, (n, K, D), so no mask is needed. In a rolling buffer
         of S = W slots every filled slot is inside the window; in a full cache slot =
         position, and the window is the last W of them."""
-        s = self.slot(pos)
-        k_, v_ = self.k[0], self.v[0]  # (S, K, D) views
+        c, i = self.cache, self.index
+        s = pos % c.k.shape[2]  # self.slot(pos), without the property chain: this runs per layer per token
+        k_, v_ = c.k[i, 0], c.v[i, 0]  # (S, K, D) views, one indexing op each
         k_[s], v_[s] = k, v
-        self.pos[0, s] = pos
-        if self.cache.grow:
+        c.slot_pos[i, 0, s] = pos
+        if c.grow:
             lo = 0 if window is None else max(0, pos + 1 - window)
             return k_[lo:pos + 1], v_[lo:pos + 1]
-        n = min(pos + 1, self.capacity)
+        n = min(pos + 1, k_.shape[0])
         return k_[:n], v_[:n]
 
     def record(self, positions: torch.Tensor) -> None:

@@ -62,6 +62,7 @@ class DecodeStep:
         self.args, self.weights = a, weights
         self.fp16 = weights == "fp16"
         self.scale = 1.0 / math.sqrt(a.head_dim)
+        self.inv_freq = 1.0 / (a.rope_theta ** (torch.arange(0, a.head_dim, 2, dtype=torch.float64) / a.head_dim))
         self.n_qk = (a.n_heads + a.n_kv_heads) * a.head_dim  # q and k, rotated together
         self.layers = []
         for layer in model.layers:
@@ -122,16 +123,19 @@ class DecodeStep:
         G, W = H // K, a.sliding_window
         pos = int(cache.seq_pos[0])
         cache.reserve(pos + 1)
-        rope = ops.rope_frequencies(torch.tensor([pos]), D, a.rope_theta)[0]  # (D/2,) complex
+        # ops.rope_frequencies with its float64 inverse frequencies computed once
+        angles = torch.remainder(pos * self.inv_freq, 2 * math.pi).float()
+        rope = torch.polar(torch.ones_like(angles), angles)  # (D/2,) complex
         # one factor per rotated row: q rows also carry the softmax scale 1/sqrt(D)
         rope = torch.cat(((rope * self.scale).expand(H, -1), rope.expand(K, -1)))  # (H + K, D/2)
         h = self.embedding[token:token + 1]  # (1, dim)
+        views = [cache.layer(i) for i in range(len(self.layers))]
         for i, w in enumerate(self.layers):
             qkv = self._matmul(F.rms_norm(h, w.attention_norm.shape, w.attention_norm, w.attention_eps), w.wqkv)
             qkv = qkv[0].float()  # ((H + 2K) D,)
             qk = torch.view_as_complex(qkv[:self.n_qk].view(H + K, D // 2, 2)) * rope
             qk = torch.view_as_real(qk).view(H + K, D)
-            keys, values = cache.layer(i).append(pos, qk[H:], qkv[self.n_qk:].view(K, D), W)  # (n, K, D)
+            keys, values = views[i].append(pos, qk[H:], qkv[self.n_qk:].view(K, D), W)  # (n, K, D)
             scores = torch.matmul(qk[:H].view(K, G, D), keys.permute(1, 2, 0))  # (K, G, n), scaled
             out = torch.matmul(torch.softmax(scores, dim=-1), values.transpose(0, 1))  # (K, G, D)
             h = self._add_matmul(h, out.view(1, H * D), w.wo)

@@ -332,7 +332,7 @@ def _generate(model, prompt, max_new_tokens, *, temperature, top_k, top_p, seed,
     new: list[list[int]] = [[] for _ in range(B)]
     logprobs: list[list[float]] = [[] for _ in range(B)]
     stop = ["length"] * B
-    running = torch.ones(B, dtype=torch.bool)
+    running = [True] * B  # host-side flags: the loop reads them every token
     _sync(device)
     t1 = time.perf_counter()
     while max_new_tokens > 0:
@@ -342,7 +342,9 @@ def _generate(model, prompt, max_new_tokens, *, temperature, top_k, top_p, seed,
         else:  # the static step's: the host waits here, once a token (EOS, streaming, results)
             token, logp = picked[0], picked[1].tolist()
         toks = token.tolist()
-        for b in torch.nonzero(running).flatten().tolist():
+        for b in range(B):
+            if not running[b]:
+                continue
             new[b].append(toks[b])
             logprobs[b].append(logp[b])
             if on_token is not None:
@@ -351,15 +353,18 @@ def _generate(model, prompt, max_new_tokens, *, temperature, top_k, top_p, seed,
                 stop[b], running[b] = "eos", False
             elif len(new[b]) == max_new_tokens:
                 running[b] = False
-        if not bool(running.any()):
+        if not any(running):
             break
         if static:
-            picked = step(token, running)
+            picked = step(token, torch.tensor(running))
         elif step is not None:
             logits = step(toks[0], cache)
-        else:
-            feed = torch.where(running.to(device), token, 0)[:, None]  # a stopped sequence gets no token
-            logits = model(feed, cache, lengths=None if bool(running.all()) else running.long())[:, -1]
+        elif all(running):
+            logits = model(token[:, None], cache)[:, -1]
+        else:  # a stopped sequence gets no token: position -1, nothing written, nothing attended
+            alive = torch.tensor(running)
+            feed = torch.where(alive.to(device), token, 0)[:, None]
+            logits = model(feed, cache, lengths=alive.long())[:, -1]
     _sync(device)
     t2 = time.perf_counter()
     out = [Generation(seqs[b].tolist(), new[b], logprobs[b], stop[b],
