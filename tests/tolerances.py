@@ -1,4 +1,4 @@
-"""One table of tolerances for the whole suite (DESIGN.md section 3)."""
+"""One table of tolerances for the whole suite (docs/ARCHITECTURE.md, Tolerances)."""
 import torch
 
 TOL = {
