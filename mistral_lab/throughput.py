@@ -63,12 +63,17 @@ def random_model(args: ModelArgs, *, dtype=torch.float32, device="cpu", backend=
 
     with torch.device("meta"):
         model = Transformer(args, backend=backend)
-    model = model.to_empty(device=device).to(dtype).eval()
+    return _random_weights(model, dtype, device, seed)
+
+
+def _random_weights(module, dtype, device, seed: int):
+    """Materialise a module built on the meta device: matrices N(0, 0.02), norms 1."""
+    module = module.to_empty(device=device).to(dtype).eval()
     g = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
-        for p in model.parameters():
+        for p in module.parameters():
             p.fill_(1.0) if p.dim() == 1 else p.normal_(0, 0.02, generator=g)
-    return model
+    return module
 
 
 def weight_bytes(model) -> int:
@@ -322,12 +327,7 @@ def _hf_model(args: ModelArgs, dtype, device, seed: int):
                            rope_theta=args.rope_theta, tie_word_embeddings=False)
     with torch.device("meta"):
         m = MistralForCausalLM(config)
-    m = m.to_empty(device=device).to(dtype).eval()
-    g = torch.Generator(device=device).manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.fill_(1.0) if p.dim() == 1 else p.normal_(0, 0.02, generator=g)
-    return m
+    return _random_weights(m, dtype, device, seed)
 
 
 @torch.inference_mode()
