@@ -92,7 +92,7 @@ def test_cli_perplexity_of_a_file(tmp_path):
     (["generate", "--prompt", "", "--max-new-tokens", "5"], "prompt is empty"),
     (["generate", "--prompt", "x", "--chunk-size", "0"], "expected a positive integer"),
     (["generate", "--prompt", "x", "--model", "/no/such/dir"], "does not exist"),
-    (["memory", "--preset", "mistral-99b"], "unknown preset"),
+    (["memory", "--preset", "mistral-99b"], "invalid choice: 'mistral-99b'"),
 ])
 def test_cli_bad_input_is_one_line(args, message):
     r = _cli(*args)
