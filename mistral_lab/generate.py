@@ -288,9 +288,10 @@ def generate(
     trace.record(), which records what the model does).
 
     threads: CPU threads for this call (mistral_lab.threads: an explicit number, else
-    OMP_NUM_THREADS / MKL_NUM_THREADS, else one thread for a small model -- measured several
-    times faster than torch's default for its decode, and it does not collapse on a shared
-    machine -- or every usable CPU for a large one). The caller's setting is restored after.
+    OMP_NUM_THREADS / MKL_NUM_THREADS, else one thread for a small model -- beside one busy
+    process it kept 433 tok/s where torch's default two threads fell to 79; idle, two would
+    gain 1.4x (benchmarks/classroom.json) -- or every usable CPU for a large one). The
+    caller's setting is restored after.
     """
     from . import threads as thread_policy
 

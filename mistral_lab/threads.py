@@ -20,9 +20,10 @@ two runs (`bench classroom`, benchmarks/classroom.json; docs/TEACHING.md has the
     Python API, + our busy process       230         8.4
     CLI generate, + our busy process     175        12     (wall 10 s vs 75 s)
 
-On a truly idle host two threads can win a little (one pair at load 0.5 the same day:
-CLI 440 tok/s with 2 threads vs 357 with 1), but the first other busy process makes
-them 20-40x slower; one thread loses at most that little and never collapses.
+On a quiet host two threads win (the committed classroom run, load 1.2: API 667 tok/s
+with 2 threads vs 462 with 1, CLI 533 vs 423), but one other busy process drops them to
+79 (CLI 66) while one thread keeps 433 (413): one thread gives up at most 1.4x and never
+collapses, which is what a shared classroom machine needs.
 
 Order of precedence (first that applies):
   1. an explicit argument (`choose(3)`, `limited(3)`, `--threads 3`);
