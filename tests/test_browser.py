@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from processes import stop
+
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted(p.name for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 LIVE = ["01_sliding_window_masks.ipynb", "03_rolling_buffer.ipynb"]
@@ -100,12 +102,7 @@ def lab(tmp_path):
         # ?reset: a fresh workspace, so the notebook opened before is not restored beside it
         yield lambda folder, name: f"{url}/lab/tree/{folder}/{name}?reset&token={token}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from processes import stop
+
 REPO = Path(__file__).resolve().parent.parent
 
 pytest.importorskip("jupyterlab", reason="jupyterlab is not installed (scripts/setup run)")
@@ -86,10 +88,4 @@ def test_scripts_lab_starts_as_root_at_the_repo_root(tmp_path):
             urllib.request.urlopen(req, timeout=10)
             assert proc.wait(timeout=30) == 0
         finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop(proc)
