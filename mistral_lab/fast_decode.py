@@ -62,7 +62,7 @@ class DecodeStep:
         self.args, self.weights = a, weights
         self.fp16 = weights == "fp16"
         self.scale = 1.0 / math.sqrt(a.head_dim)
-        self.inv_freq = 1.0 / (a.rope_theta ** (torch.arange(0, a.head_dim, 2, dtype=torch.float64) / a.head_dim))
+        self.inv_freq = ops.rope_inv_freq(a.head_dim, a.rope_theta)
         self.n_qk = (a.n_heads + a.n_kv_heads) * a.head_dim  # q and k, rotated together
         self.layers = []
         for layer in model.layers:
@@ -123,9 +123,7 @@ class DecodeStep:
         G, W = H // K, a.sliding_window
         pos = int(cache.seq_pos[0])
         cache.reserve(pos + 1)
-        # ops.rope_frequencies with its float64 inverse frequencies computed once
-        angles = torch.remainder(pos * self.inv_freq, 2 * math.pi).float()
-        rope = torch.polar(torch.ones_like(angles), angles)  # (D/2,) complex
+        rope = ops.rope_frequencies(torch.tensor(pos), D, a.rope_theta, self.inv_freq)  # (D/2,) complex
         # one factor per rotated row: q rows also carry the softmax scale 1/sqrt(D)
         rope = torch.cat(((rope * self.scale).expand(H, -1), rope.expand(K, -1)))  # (H + K, D/2)
         h = self.embedding[token:token + 1]  # (1, dim)

@@ -87,14 +87,11 @@ class Trace:
 
         probs = None
         if self.probs:
-            qh = q if self.heads is None else q[:, :, list(self.heads)]
-            if self.heads is not None:  # keep only the asked heads, each with its own K/V head
+            qh, kh = q, k
+            if self.heads is not None:  # only the asked query heads, each with its own K/V head
                 G = q.shape[2] // k.shape[2]
-                kh = k[:, :, [h // G for h in self.heads]]
-                probs = attention_probs(qh, kh, q_pos, k_pos, window)
-            else:
-                probs = attention_probs(qh, k, q_pos, k_pos, window)
-            probs = probs.cpu()
+                qh, kh = q[:, :, list(self.heads)], k[:, :, [h // G for h in self.heads]]
+            probs = attention_probs(qh, kh, q_pos, k_pos, window).cpu()
         kept = [x.detach().clone() if self.qkv else None for x in (q, k, v, out)]
         # copies: the cache's tensors are views that later writes overwrite
         self.attention.append(AttentionCall(layer, kind, q_pos.to("cpu", copy=True), k_pos.to("cpu", copy=True),
