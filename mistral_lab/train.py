@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from . import files
 from .config import ModelArgs, check_fits
 from .model import Transformer
+from .repeats import add_repeats, copy_gain
 
 LOG_VERSION = 1  # the "v" of every train_log.jsonl line
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "mistral_lab.train_checkpoint", 1
@@ -56,6 +57,9 @@ class TrainConfig:
     eval_batches: int = 4
     autocast: bool = True  # bf16 matmuls, fp32 master weights
     device: str = "cpu"
+    # Share of each batch's sequences that carry repeated spans (repeats.add_repeats): the
+    # signal that teaches copying from the context. 0 trains on plain text.
+    copy_rows: float = 0.0
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "seq_len", "eval_every", "eval_batches"):
@@ -68,6 +72,7 @@ class TrainConfig:
                f"a finite number in [0, lr = {self.lr}]")
         _check("weight_decay", self.weight_decay, float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
         _check("grad_clip", self.grad_clip, float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+        _check("copy_rows", self.copy_rows, float, lambda v: 0 <= v <= 1, "a share in [0, 1]")
         if type(self.autocast) is not bool:
             raise ValueError(f"TrainConfig.autocast must be True or False, got {self.autocast!r}")
 
@@ -99,17 +104,23 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(t, 1.0)))
 
 
-def batches(tokens: np.ndarray, cfg: TrainConfig, seed: int, rng: np.random.Generator | None = None):
+def batches(tokens: np.ndarray, cfg: TrainConfig, seed: int, rng: np.random.Generator | None = None,
+            vocab_size: int | None = None):
     """Endless random crops (B, seq_len + 1), reproducible from the seed (or from `rng`,
     whose state a checkpoint saves: the crops after a resume are the ones that would
-    have come next)."""
+    have come next). With vocab_size, the first round(copy_rows * B) rows of each batch
+    get repeated spans (repeats.add_repeats) drawn from the same rng."""
     rng = np.random.default_rng(seed) if rng is None else rng
     n = len(tokens) - cfg.seq_len - 1
     if n <= 0:
         raise ValueError(f"the token stream ({len(tokens)} tokens) is shorter than seq_len + 1 = {cfg.seq_len + 1}")
+    mixed = round(cfg.copy_rows * cfg.batch_size) if vocab_size is not None else 0
     while True:
         starts = rng.integers(0, n, cfg.batch_size)
-        yield torch.from_numpy(np.stack([tokens[s:s + cfg.seq_len + 1] for s in starts]).astype(np.int64))
+        rows = np.stack([tokens[s:s + cfg.seq_len + 1] for s in starts]).astype(np.int64)
+        for row in rows[:mixed]:
+            add_repeats(row, rng, vocab_size, tokens)
+        yield torch.from_numpy(rows)
 
 
 def loss_on(model: Transformer, batch: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
@@ -126,6 +137,17 @@ def evaluate(model: Transformer, tokens: np.ndarray, cfg: TrainConfig) -> float:
     loss = sum(loss_on(model, next(it), cfg).item() for _ in range(cfg.eval_batches)) / cfg.eval_batches
     model.train()
     return loss
+
+
+@torch.no_grad()
+def copy_eval(model: Transformer, heldout_tokens: np.ndarray) -> dict:
+    """Nats/token a span saves when repeated right after itself: 24 tokens of held-out
+    text, 16 random ids (repeats.copy_gain), 16 places each."""
+    model.eval()
+    gains = {"copy_text": copy_gain(model, heldout_tokens, random_ids=False, span_len=24, n=16),
+             "copy_random": copy_gain(model, heldout_tokens, random_ids=True, span_len=16, n=16)}
+    model.train()
+    return {k: round(v, 4) for k, v in gains.items()}
 
 
 def make_optimizer(model: Transformer, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -162,7 +184,7 @@ def train(args: ModelArgs, train_tokens: np.ndarray, heldout_tokens: np.ndarray,
         opt.load_state_dict(ckpt["optimizer"])
         rng.bit_generator.state = ckpt["data_rng"]
         start = ckpt["step"]
-    data = batches(train_tokens, cfg, cfg.seed, rng=rng)
+    data = batches(train_tokens, cfg, cfg.seed, rng=rng, vocab_size=args.vocab_size)
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "train_log.jsonl"
     t0 = time.perf_counter()
@@ -185,6 +207,7 @@ def train(args: ModelArgs, train_tokens: np.ndarray, heldout_tokens: np.ndarray,
                                          f"lower --lr, or resume from the last checkpoint with a smaller one")
             if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
                 rec["heldout_loss"] = round(evaluate(model, heldout_tokens, cfg), 5)
+                rec.update(copy_eval(model, heldout_tokens))
                 # at every evaluation: an interruption loses at most eval_every steps
                 write_checkpoint(out_dir, args, cfg, step + 1, model, opt, rng)
             _append(logf, rec)
@@ -231,7 +254,7 @@ def _same_run(ckpt: dict, args: ModelArgs, cfg: TrainConfig, out_dir: Path) -> N
     if ModelArgs.from_dict(ckpt["args"]) != args:
         raise ValueError(f"{out_dir}/checkpoint.pt holds another model configuration than the one given: "
                          f"resume with the run's own (train_config(checkpoint))")
-    saved = {k: v for k, v in ckpt["train"].items() if k != "device"}
+    saved = {k: v for k, v in _train_settings(ckpt).items() if k != "device"}
     given = {k: v for k, v in asdict(cfg).items() if k != "device"}
     diff = [f"{k}={given[k]!r} (the run: {saved.get(k)!r})" for k in given if saved.get(k) != given[k]]
     if diff:
@@ -242,7 +265,11 @@ def _same_run(ckpt: dict, args: ModelArgs, cfg: TrainConfig, out_dir: Path) -> N
 def resume_settings(out_dir: Path) -> tuple[ModelArgs, TrainConfig]:
     """The model configuration and training settings of the run in out_dir."""
     ckpt = read_checkpoint(out_dir)
-    return ModelArgs.from_dict(ckpt["args"]), TrainConfig(**ckpt["train"])
+    return ModelArgs.from_dict(ckpt["args"]), TrainConfig(**_train_settings(ckpt))
+
+
+def _train_settings(ckpt: dict) -> dict:
+    return {"copy_rows": 0.0, **ckpt["train"]}  # runs from before the copy mix trained on plain text
 
 
 def read_log(path) -> list[dict]:
