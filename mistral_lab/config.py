@@ -110,6 +110,18 @@ PRESETS: dict[str, ModelArgs] = {
         dim=256, n_layers=6, head_dim=32, hidden_dim=768, n_heads=8, n_kv_heads=2,
         vocab_size=4096, sliding_window=64, max_seq_len=512,
     ),
+    # Its full-attention twin: the same model, recipe and data with no window, to show
+    # what the window changes (notebook 09).
+    "shakespeare-full": ModelArgs(
+        dim=256, n_layers=6, head_dim=32, hidden_dim=768, n_heads=8, n_kv_heads=2,
+        vocab_size=4096, sliding_window=None, max_seq_len=512,
+    ),
+    # The retrieval probe (passkey.py): W = 16 and 4 layers, so information can travel at
+    # most 4 x 15 = 60 positions back, over sequences of 160 (d up to 157).
+    "passkey": ModelArgs(
+        dim=64, n_layers=4, head_dim=16, hidden_dim=192, n_heads=4, n_kv_heads=2,
+        vocab_size=40, sliding_window=16, max_seq_len=160,
+    ),
     # A few-hundred-thousand-parameter model with the same structure, for tests and demos.
     "tiny": ModelArgs(
         dim=64, n_layers=3, head_dim=16, hidden_dim=160, n_heads=4, n_kv_heads=2,

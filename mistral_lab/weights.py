@@ -49,12 +49,33 @@ def default_model_path() -> Path:
 
 # ---------------------------------------------------------------- loading
 
-def load(path=None, *, dtype: torch.dtype | None = None, device="cpu", backend: str = "torch") -> Transformer:
+# load(untrained_window=...) leaves the window as the checkpoint says unless given this
+TRAINED_WINDOW = object()
+
+
+def load(path=None, *, dtype: torch.dtype | None = None, device="cpu", backend: str = "torch",
+         untrained_window=TRAINED_WINDOW) -> Transformer:
     """A Transformer with the weights of the checkpoint at `path` (default: the shipped
-    model), in eval mode with requires_grad off. See layouts.py for the layouts."""
+    model), in eval mode with requires_grad off. See layouts.py for the layouts.
+
+    The window is the checkpoint's own: it is a property of the weights, which learned to
+    work with exactly those keys. untrained_window=W (or None for full attention) runs them
+    under another window anyway -- the experiment of notebook 09 (a full-attention model
+    through a rolling buffer), and the mistake behind garbage past 4096 tokens when
+    Mistral 7B v0.2 weights were served with v0.1's window. It warns, and model.args
+    records the window it runs with."""
     folder, name = locate(path)
     layout = BY_NAME[name]
     config_file, args, tied, config = read_config(folder, name, with_dict=True)
+    if untrained_window is not TRAINED_WINDOW and untrained_window != args.sliding_window:
+        import warnings
+
+        running_args = args.replace(sliding_window=untrained_window)  # validated before the warning
+        trained = "full attention" if args.sliding_window is None else f"a window of {args.sliding_window}"
+        running = "full attention" if untrained_window is None else f"a window of {untrained_window}"
+        warnings.warn(f"{folder}: weights trained with {trained} run with {running} (untrained_window): "
+                      f"expect worse predictions than the checkpoint's own window gives", stacklevel=2)
+        args = running_args
     weight_files = layout.weight_files(folder)
     device = torch.device(device)
     expected = _expected(args)
