@@ -105,6 +105,43 @@ def cmd_memory(args) -> None:
     print(f"  saving         {full / roll:8.2f}x")
 
 
+def cmd_passkey(args) -> None:
+    import torch
+
+    from . import files, passkey, weights
+    from .config import preset
+
+    if args.action == "eval":
+        model = weights.load(args.model or "assets/passkey")
+        if model.args.vocab_size < passkey.VALUE0 + passkey.N_VALUES:
+            raise UsageError(f"{args.model} is not a passkey probe model (vocabulary {model.args.vocab_size} < "
+                             f"{passkey.VALUE0 + passkey.N_VALUES}): train one with `passkey train --out DIR`")
+        result = passkey.accuracy_by_distance(model, n=args.samples)
+        for d, acc in zip(result["distance"], result["accuracy"]):
+            print(f"d = {d:3d}  accuracy {acc:.3f}")
+        if args.out:
+            files.atomic_write_json(args.out, {"environment": files.environment("cpu"), **result})
+        return
+    from .train import prepare_out
+
+    if not args.out:
+        raise UsageError("passkey train needs --out DIR (a new or empty folder)")
+    out = Path(args.out)
+    prepare_out(out, overwrite=args.overwrite)  # refuses a folder holding anything else
+    torch.set_num_threads(args.threads)  # pinned: the weights are bitwise the same for one thread count
+    cfg = passkey.recipe(steps=args.steps, seed=args.seed)
+    t0 = time.time()
+    model, log = passkey.train(preset("passkey"), cfg, progress=not args.quiet)
+    wall = round(time.time() - t0, 1)
+    summary = passkey.accuracy_by_distance(model, range(1, passkey.MAX_DISTANCE + 1, 4), n=128)
+    weights.save(model, out, dtype=torch.float32)
+    files.atomic_write_text(out / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in log))
+    files.atomic_write_json(out / "train_info.json", {
+        "preset": "passkey", "args": model.args.to_dict(), "train": cfg.__dict__, "threads": args.threads,
+        "wall_s": wall, "environment": files.environment("cpu"), "accuracy_by_distance": summary})
+    print(f"saved {out} ({wall} s)", file=sys.stderr)
+
+
 def cmd_info(args) -> None:
     from .config import preset
 
@@ -158,12 +195,15 @@ def cmd_train(args) -> None:
         data_dir = Path(args.data_dir or info.get("data_dir") or out / "data")
     else:
         name = args.preset or "shakespeare"
+        if name == "passkey":
+            raise UsageError("--preset passkey is the retrieval probe, trained on its own task: "
+                             "python -m mistral_lab passkey train --out DIR")
         model_args = preset(name)
         steps = given.get("steps", 1000)
         cfg = TrainConfig(steps=steps, batch_size=given.get("batch_size", 8), seq_len=given.get("seq_len", 512),
                           lr=given.get("lr", 1e-3), warmup=min(given.get("warmup", 100), max(1, steps // 10)),
                           seed=given.get("seed", 1337), eval_every=given.get("eval_every", 200), device=args.device,
-                          autocast=not args.no_autocast)
+                          autocast=not args.no_autocast, copy_rows=given.get("copy_rows", 0.0))
         data_dir = Path(args.data_dir) if args.data_dir else out / "data"
     stats = corpus.prepare(data_dir, vocab_size=model_args.vocab_size)
     train_tokens = np.fromfile(data_dir / "train.bin", dtype=np.uint16)
@@ -182,7 +222,7 @@ def cmd_train(args) -> None:
 
 # train flag (argparse dest) -> TrainConfig field; None in argparse means "not given"
 TRAIN_FLAGS = {"steps": "steps", "batch_size": "batch_size", "seq_len": "seq_len", "lr": "lr", "warmup": "warmup",
-               "eval_every": "eval_every", "seed": "seed"}
+               "eval_every": "eval_every", "seed": "seed", "copy_rows": "copy_rows"}
 
 
 def _read_info(out: Path) -> dict:
@@ -248,6 +288,7 @@ def _argument(convert, ok, expected: str):
 
 _positive = _argument(int, lambda n: n > 0, "a positive integer")
 _positive_float = _argument(float, lambda x: math.isfinite(x) and x > 0, "a finite number > 0")
+_share = _argument(float, lambda x: 0.0 <= x <= 1.0, "a share in [0, 1]")
 _seed = _argument(int, lambda n: 0 <= n < 2**63, "an integer seed in [0, 2**63)")
 
 
@@ -322,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--warmup", type=_positive, default=None, help="warm-up steps (default 100, at most steps/10)")
     t.add_argument("--eval-every", type=_positive, default=None, help="evaluate and checkpoint every N steps (default 200)")
     t.add_argument("--seed", type=_seed, default=None, help="default 1337")
+    t.add_argument("--copy-rows", type=_share, default=None,
+                   help="share of each batch's sequences that carry repeated spans (default 0.0)")
     t.add_argument("--device", default="cpu")
     t.add_argument("--threads", type=_positive, default=None)
     t.add_argument("--data-dir", default=None, help="where to build the corpus (default: OUT/data)")
@@ -329,6 +372,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-autocast", action="store_true", help="train in fp32 throughout")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
+
+    k = command("passkey", help="the retrieval probe: train it, or its accuracy against the distance d")
+    k.add_argument("action", choices=["train", "eval"])
+    k.add_argument("--out", default=None, help="train: a new or empty folder; eval: write the results as JSON here")
+    k.add_argument("--model", default=None, help="eval: the probe model (default: assets/passkey)")
+    k.add_argument("--overwrite", action="store_true", help="train: replace the probe already in --out")
+    k.add_argument("--steps", type=_positive, default=1000, help="train: optimizer steps (default 1000, the shipped probe's)")
+    k.add_argument("--seed", type=_seed, default=1337)
+    k.add_argument("--threads", type=_positive, default=1, help="train: CPU threads (default 1, as the shipped probe)")
+    k.add_argument("--samples", type=_positive, default=256, help="eval: sequences per distance (default 256)")
+    k.add_argument("--quiet", action="store_true")
+    k.set_defaults(func=cmd_passkey)
 
     q = command("perplexity", help="mean negative log-likelihood and perplexity of a text file (any size)")
     model_opts(q)
