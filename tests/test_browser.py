@@ -121,10 +121,11 @@ def _open(page, url: str) -> None:
         page.get_by_role("button", name="No", exact=True).click()
 
 
-def _read_through(page) -> tuple[str, int]:
+def _read_through(page) -> tuple[str, int, set]:
     """JupyterLab renders cells lazily (windowing): scroll the open notebook end to end and
-    return (all the text shown on the way, the most plotly figures drawn at once)."""
-    texts, drawn = [], 0
+    return (all the text shown on the way, the most plotly figures drawn at once, the
+    annotations drawn in figures)."""
+    texts, drawn, notes = [], 0, set()
     for _ in range(120):
         page.wait_for_timeout(250)
         step = page.evaluate("""() => { const n = [...document.querySelectorAll('.jp-NotebookPanel')]
@@ -132,15 +133,17 @@ def _read_through(page) -> tuple[str, int]:
             const s = n.querySelector('.jp-WindowedPanel-outer') || n.querySelector('.jp-Notebook');
             const r = {text: n.querySelector('.jp-Notebook').innerText,
                        drawn: n.querySelectorAll('.js-plotly-plot').length,
+                       notes: [...n.querySelectorAll('.js-plotly-plot .annotation-text')].map(x => x.textContent),
                        end: s.scrollTop + s.clientHeight >= s.scrollHeight - 2};
             s.scrollTop += s.clientHeight * 0.8; return r; }""")
         if step is None:
             break
         texts.append(step["text"])
         drawn = max(drawn, step["drawn"])
+        notes.update(step["notes"])
         if step["end"]:
             break
-    return "\n".join(texts), drawn
+    return "\n".join(texts), drawn, notes
 
 
 @pytest.fixture
@@ -163,12 +166,14 @@ def test_every_notebook_looks_right_before_it_runs(lab, browser):
         _open(page, lab("cold", name))
         page.wait_for_timeout(1500)  # figures draw after the cells
         page.screenshot(path=str(ARTIFACTS / f"browser_cold_{name[:2]}.png"))
-        text, drawn = _read_through(page)
+        text, drawn, notes = _read_through(page)
         if WIDGET_REPR.search(text):
             problems.append(f"{name}: a widget shows as text: {WIDGET_REPR.search(text).group(0)}...")
         saved = _saved_figures(REPO / "notebooks" / name)
         if saved and drawn == 0:
             problems.append(f"{name}: {saved} saved figures, none drawn")
+        if name.startswith(("02", "09")) and not any("window edge" in t for t in notes):
+            problems.append(f"{name}: the attention view (its window-edge line) is not drawn")
     assert not problems, "\n".join(problems)
     assert all((REPO / "notebooks" / n).read_bytes() == b for n, b in before.items())
 
