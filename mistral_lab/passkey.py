@@ -101,15 +101,9 @@ def train(args: ModelArgs, cfg, *, progress: bool = True):
     batch_size, lr, warm-up, seed, clip, device; seq_len and the text settings unused)."""
     from tqdm.auto import tqdm
 
-    from .model import Transformer
-    from .train import init_weights, lr_at, make_optimizer
+    from .train import fresh_start, lr_at
 
-    torch.manual_seed(cfg.seed)
-    model = Transformer(args).to(cfg.device)
-    init_weights(model, cfg.seed)
-    model.train()
-    opt = make_optimizer(model, cfg)
-    rng = np.random.default_rng(cfg.seed)
+    model, opt, rng = fresh_start(args, cfg)
     log, t0 = [], time.perf_counter()
     for step in tqdm(range(cfg.steps), disable=not progress, desc="passkey"):
         for group in opt.param_groups:

@@ -150,6 +150,15 @@ def copy_eval(model: Transformer, heldout_tokens: np.ndarray) -> dict:
     return {k: round(v, 4) for k, v in gains.items()}
 
 
+def fresh_start(args: ModelArgs, cfg: TrainConfig):
+    """A seeded run's first state: (model initialised in train mode, AdamW, the data rng)."""
+    torch.manual_seed(cfg.seed)
+    model = Transformer(args).to(cfg.device)
+    init_weights(model, cfg.seed)
+    model.train()
+    return model, make_optimizer(model, cfg), np.random.default_rng(cfg.seed)
+
+
 def make_optimizer(model: Transformer, cfg: TrainConfig) -> torch.optim.Optimizer:
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -172,12 +181,7 @@ def train(args: ModelArgs, train_tokens: np.ndarray, heldout_tokens: np.ndarray,
         raise ValueError(f"the data holds token id {vocab_hi}, outside the model's vocabulary [0, {args.vocab_size}): "
                          f"encode it with a tokenizer of {args.vocab_size} pieces")
     check_fits(args, 4, cfg.device, copies=4)  # fp32 weights, gradients, two AdamW moments
-    torch.manual_seed(cfg.seed)
-    model = Transformer(args).to(cfg.device)
-    init_weights(model, cfg.seed)
-    model.train()
-    opt = make_optimizer(model, cfg)
-    rng = np.random.default_rng(cfg.seed)
+    model, opt, rng = fresh_start(args, cfg)
     start = 0
     if ckpt is not None:  # everything the next step depends on; the LR follows from the step
         model.load_state_dict(ckpt["model"])
