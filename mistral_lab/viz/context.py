@@ -30,8 +30,8 @@ def _marks(fig: go.Figure, r: dict, *, train_len: bool = False, axis_max=None) -
 
 
 def _layout(fig: go.Figure, title: str, x: str, y: str, *, logx: bool = True) -> go.Figure:
-    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, height=400, margin=dict(l=60, r=20, t=70, b=50),
-                      legend=dict(x=0.99, y=0.99, xanchor="right"))
+    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, height=460, margin=dict(l=60, r=20, t=70, b=50),
+                      legend=dict(orientation="h", x=0, y=-0.2, yanchor="top"))  # below: never over a curve
     if logx:
         fig.update_xaxes(type="log")
     return fig
