@@ -14,7 +14,6 @@ distances), and the notebook re-measures a slice of each live:
 """
 from __future__ import annotations
 
-import math
 import sys
 import time
 from pathlib import Path

@@ -1,6 +1,6 @@
 """The retrieval probe: a tiny Mistral-architecture model that must fetch a passkey d tokens back.
 
-    python -m mistral_lab passkey train --out runs/passkey   # ~2 minutes on a laptop CPU
+    python -m mistral_lab passkey train --out runs/passkey   # about 10 minutes on one CPU thread
     python -m mistral_lab passkey eval --model assets/passkey
 
 A sequence is noise with one passkey in it, then a question:
@@ -24,10 +24,8 @@ asked for equally.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
