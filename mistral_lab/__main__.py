@@ -112,10 +112,11 @@ def cmd_passkey(args) -> None:
     from .config import preset
 
     if args.action == "eval":
-        model = weights.load(args.model or "assets/passkey")
-        if model.args.vocab_size < passkey.VALUE0 + passkey.N_VALUES:
-            raise UsageError(f"{args.model} is not a passkey probe model (vocabulary {model.args.vocab_size} < "
-                             f"{passkey.VALUE0 + passkey.N_VALUES}): train one with `passkey train --out DIR`")
+        path = Path(args.model) if args.model else weights.default_model_path().parent / "passkey"
+        model = weights.load(path)
+        if model.args != preset("passkey"):
+            raise UsageError(f"{path} is not a passkey probe model (its configuration is not the preset "
+                             f"'passkey'): train one with `python -m mistral_lab passkey train --out DIR`")
         result = passkey.accuracy_by_distance(model, n=args.samples)
         for d, acc in zip(result["distance"], result["accuracy"]):
             print(f"d = {d:3d}  accuracy {acc:.3f}")

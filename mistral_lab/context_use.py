@@ -70,8 +70,9 @@ def position_edges(length: int, first: int = 16) -> list[int]:
 def heldout_stream() -> np.ndarray:
     """The held-out split as the shipped models were evaluated on it (BOS before each work)."""
     from .corpus import encode_corpus
+    from .weights import default_model_path
 
-    assets = Path(__file__).resolve().parent.parent / "assets"
+    assets = default_model_path().parent
     return encode_corpus(assets / "tokenizer.model", (assets / "heldout.txt").read_text(encoding="utf-8"))
 
 
@@ -80,9 +81,9 @@ def sweep(out: Path | None = None, *, quick: bool = False) -> dict:
     import warnings
 
     from . import files, passkey, repeats
-    from .weights import load
+    from .weights import default_model_path, load
 
-    assets = Path(__file__).resolve().parent.parent / "assets"
+    assets = default_model_path().parent
     stream = heldout_stream()
     swa, full = load(assets / "model"), load(assets / "model-full")
     with warnings.catch_warnings():  # the point of the experiment: said in the JSON and the notebook

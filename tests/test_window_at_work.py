@@ -160,3 +160,16 @@ def test_committed_sweep_matches_the_shipped_models():
         assert {"loss_by_context", "copy_text", "copy_random", "loss_by_position"} <= set(doc[key])
     p = doc["passkey"]
     assert p["bound"] == 60 and min(a for d, a in zip(p["distance"], p["accuracy"]) if d < 16) >= 0.95
+
+
+@pytest.mark.parametrize("args, message", [
+    (["passkey", "eval", "--model", str(ASSETS / "model")], "is not a passkey probe model"),
+    (["passkey", "train"], "passkey train needs --out DIR"),
+    (["train", "--out", "unused", "--preset", "passkey"], "--preset passkey is the retrieval probe"),
+])
+def test_probe_cli_refuses_in_one_line(args, message):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "mistral_lab", *args], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
