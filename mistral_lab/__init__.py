@@ -5,6 +5,10 @@
     tok = ml.load_tokenizer()
     out = ml.generate(model, tok.encode("ROMEO:"), 100)
     print(tok.decode(out.new_tokens))
+
+The top level is the paper (config, masks, ops, cache, backends, model, generate,
+sampling, trace, tokenizer); the lab is in subpackages (engines, checkpoints, data,
+experiments, training, bench, viz, exercises). docs/ARCHITECTURE.md draws the layers.
 """
 # Triton settles between compiling and interpreting when it is first imported (torch may
 # import it as a side effect, e.g. while loading weights): decide now. kernels/__init__.py
@@ -13,24 +17,18 @@ from .kernels import use_interpreter_if_no_gpu as _use_interpreter_if_no_gpu
 
 _use_interpreter_if_no_gpu()
 
+from . import trace  # noqa: E402  (trace.record(): cache writes, attention calls and kernel counters)
 from .cache import KVCache, cache_bytes  # noqa: E402
-from .config import PRESETS, ModelArgs, preset
-from .generate import Generation, generate, prefill, sample, score
-from .masks import receptive_field, visible, visible_pairs, window_mask
-from .model import Transformer
-from . import trace  # trace.record(): cache writes, attention calls and kernel counters, for plots
+from .checkpoints import default_model_path, load, load_tokenizer, save  # noqa: E402
+from .config import PRESETS, ModelArgs, preset  # noqa: E402
+from .generate import Generation, generate, prefill, score  # noqa: E402
+from .masks import keys_per_query, receptive_field, visible, visible_pairs, window_mask  # noqa: E402
+from .model import Transformer  # noqa: E402
+from .sampling import sample  # noqa: E402
+from .tokenizer import Tokenizer  # noqa: E402
 
 __version__ = "0.1.0"
 
-
-def __getattr__(name):
-    # Loading pulls in safetensors and sentencepiece; keep `import mistral_lab` light.
-    if name in ("load", "save", "load_tokenizer", "default_model_path"):
-        from . import weights
-
-        return getattr(weights, name)
-    if name in ("Tokenizer",):
-        from . import tokenizer
-
-        return getattr(tokenizer, name)
-    raise AttributeError(f"module 'mistral_lab' has no attribute {name!r}")
+__all__ = ["Generation", "KVCache", "ModelArgs", "PRESETS", "Tokenizer", "Transformer", "cache_bytes",
+           "default_model_path", "generate", "keys_per_query", "load", "load_tokenizer", "prefill", "preset",
+           "receptive_field", "sample", "save", "score", "trace", "visible", "visible_pairs", "window_mask"]

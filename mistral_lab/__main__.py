@@ -1,17 +1,46 @@
-"""Command line: python -m mistral_lab {generate, memory, info, train, perplexity, bench}.
+"""Command line: python -m mistral_lab {generate, memory, info, train, passkey, perplexity,
+context-use, bench}. This file only wires argparse to the package; the work is done there.
 
 Errors in what the user gave (a path, a setting, a prompt, a missing package) print one
-line and exit 2; --debug (or MISTRAL_LAB_DEBUG=1) shows the traceback instead.
+line and exit 2; --debug (or MISTRAL_LAB_DEBUG=1) shows the traceback instead. A bug
+(anything else) keeps its traceback.
+
+Why this file is long: it is the whole command line in one place -- the parser of every
+command beside the few lines each command runs -- so a flag and what it does are read
+together. Each command's work lives in the package (training/, experiments/, bench/).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
+import shlex
 import sys
-import time
 from pathlib import Path
+
+import torch
+
+from . import files, threads
+from .backends import BACKENDS
+from .bench import classroom, cpu_decode, kernels, perplexity_memory, serve, throughput
+from .bench import thread_policy
+from .cache import cache_bytes
+from .checkpoints import load, load_tokenizer, locate, read_config
+from .config import PRESETS, preset
+from .data.assets import asset
+from .engines import ENGINES
+from .experiments.context_use import sweep
+from .experiments.passkey import accuracy_by_distance
+from .experiments.perplexity import file_perplexity
+from .generate import generate
+from .kernels import TritonUnavailable
+from .masks import receptive_field
+from .tokenizer import StreamDecoder
+from .training.probe import train_run
+from .training.runs import text_run
+from .training.train import TrainConfig
 
 
 class UsageError(Exception):
@@ -27,12 +56,11 @@ INSTALL = {
 }
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 SAVE_DTYPES = ("float16", "bfloat16", "float32")
+MAX_THREADS = 1024  # more than any machine this runs on; a typo beyond it would crash OpenMP
 
 
 def _check_device(name: str) -> None:
     """One line before any work when the device cannot be used here."""
-    import torch
-
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -50,18 +78,23 @@ def _check_device(name: str) -> None:
 
 
 def _model_and_tokenizer(args):
-    from . import weights
-    from .tokenizer import load_tokenizer
-
     _check_device(args.device)
-    model = weights.load(args.model, device=args.device, backend=args.backend)
+    model = load(args.model, device=args.device, backend=args.backend)
     return model, load_tokenizer(args.model, tokenizer=args.tokenizer)  # sizes checked against the model
 
 
-def cmd_generate(args) -> None:
-    from .generate import generate
-    from .tokenizer import StreamDecoder
+def _command(argv) -> str:
+    """The exact command a result came from, as a shell line."""
+    return shlex.join(["python", "-m", "mistral_lab", *(sys.argv[1:] if argv is None else argv)])
 
+
+def _write(args, name: str, body: dict) -> None:
+    if args.out:
+        files.write_result(args.out, name, body, command=_command(args.argv))
+        print(f"wrote {args.out}", file=sys.stderr)
+
+
+def cmd_generate(args) -> None:
     if not args.prompt:
         raise UsageError("the prompt is empty: pass --prompt 'some text'")
     model, tok = _model_and_tokenizer(args)
@@ -78,7 +111,7 @@ def cmd_generate(args) -> None:
         out.write(stream.push(t))
         out.flush()
 
-    result = generate(  # threads: generate's policy (one for a small model) unless --threads says
+    result = generate(  # threads: generate's policy unless --threads says
         model, prompt_ids, args.max_new_tokens,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
         eos_id=tok.eos_id, chunk_size=args.chunk_size, engine=args.engine, on_token=on_token,
@@ -91,9 +124,6 @@ def cmd_generate(args) -> None:
 
 
 def cmd_memory(args) -> None:
-    from .cache import cache_bytes
-    from .config import preset
-
     a = preset(args.preset)
     bpe = DTYPE_BYTES[args.dtype]
     full = cache_bytes(a, args.tokens, rolling=False, batch_size=args.batch_size, bytes_per_element=bpe)
@@ -105,51 +135,9 @@ def cmd_memory(args) -> None:
     print(f"  saving         {full / roll:8.2f}x")
 
 
-def cmd_passkey(args) -> None:
-    import torch
-
-    from . import files, passkey, weights
-    from .config import preset
-
-    if args.action == "eval":
-        path = Path(args.model) if args.model else weights.default_model_path().parent / "passkey"
-        model = weights.load(path)
-        if model.args != preset("passkey"):
-            raise UsageError(f"{path} is not a passkey probe model (its configuration is not the preset "
-                             f"'passkey'): train one with `python -m mistral_lab passkey train --out DIR`")
-        result = passkey.accuracy_by_distance(model, n=args.samples)
-        for d, acc in zip(result["distance"], result["accuracy"]):
-            print(f"d = {d:3d}  accuracy {acc:.3f}")
-        if args.out:
-            files.atomic_write_json(args.out, {"environment": files.environment("cpu"), **result})
-        return
-    from .train import prepare_out
-
-    if not args.out:
-        raise UsageError("passkey train needs --out DIR (a new or empty folder)")
-    out = Path(args.out)
-    prepare_out(out, overwrite=args.overwrite)  # refuses a folder holding anything else
-    torch.set_num_threads(args.threads)  # pinned: the weights are bitwise the same for one thread count
-    cfg = passkey.recipe(steps=args.steps, seed=args.seed)
-    t0 = time.time()
-    model, log = passkey.train(preset("passkey"), cfg, progress=not args.quiet)
-    wall = round(time.time() - t0, 1)
-    summary = passkey.accuracy_by_distance(model, range(1, passkey.MAX_DISTANCE + 1, 4), n=128)
-    weights.save(model, out, dtype=torch.float32)
-    files.atomic_write_text(out / "train_log.jsonl", "".join(json.dumps(r) + "\n" for r in log))
-    files.atomic_write_json(out / "train_info.json", {
-        "preset": "passkey", "args": model.args.to_dict(), "train": cfg.__dict__, "threads": args.threads,
-        "wall_s": wall, "environment": files.environment("cpu"), "accuracy_by_distance": summary})
-    print(f"saved {out} ({wall} s)", file=sys.stderr)
-
-
 def cmd_info(args) -> None:
-    from .config import preset
-
     if args.model is not None:
-        from . import weights
-
-        a = weights.read_config(*weights.locate(args.model))[1]  # the config only: no tensors read
+        a = read_config(*locate(args.model))[1]  # the config only: no tensors read
         title = str(args.model)
     else:
         a = preset(args.preset)
@@ -158,120 +146,85 @@ def cmd_info(args) -> None:
     for k, v in a.to_dict().items():
         print(f"  {k:<16}{v}")
     print(f"  {'parameters':<16}{a.n_params():,}")
-    from .masks import receptive_field
-
     field = "unbounded (full attention)" if a.sliding_window is None else receptive_field(a.n_layers, a.sliding_window)
     print(f"  {'receptive field':<16}{field}")
 
 
 def cmd_train(args) -> None:
-    import numpy as np
-    import torch
-
-    from . import corpus, files, weights
-    from .config import preset
-    from .train import TrainConfig, prepare_out, resume_settings, train
-
     _check_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    given = {field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
+    if args.no_autocast:
+        given["autocast"] = False
     out = Path(args.resume or args.out)
-    given = {k: getattr(args, k) for k in TRAIN_FLAGS if getattr(args, k) is not None}
-    prepare_out(out, resume=bool(args.resume), overwrite=args.overwrite)  # refuses before any work
-    if args.resume:
-        model_args, cfg = resume_settings(out)
-        info = _read_info(out)
-        name = info.get("preset", args.preset)
-        if args.preset is not None and preset(args.preset) != model_args:
-            raise UsageError(f"{out} is a run of another configuration than --preset {args.preset}: drop --preset")
-        cfg.device = args.device  # where to continue may change; what to compute may not
-        for k, v in given.items():
-            field = TRAIN_FLAGS[k]
-            value = v if field != "autocast" else not v
-            if field == "warmup":
-                continue  # compared below through the run's own value
-            if getattr(cfg, field) != value:
-                raise UsageError(f"{out} was trained with {field}={getattr(cfg, field)!r}, not {value!r}: "
-                                 f"resume without --{k.replace('_', '-')}, or start a new run in a new folder")
-        data_dir = Path(args.data_dir or info.get("data_dir") or out / "data")
-    else:
-        name = args.preset or "shakespeare"
-        if name == "passkey":
-            raise UsageError("--preset passkey is the retrieval probe, trained on its own task: "
-                             "python -m mistral_lab passkey train --out DIR")
-        model_args = preset(name)
-        steps = given.get("steps", 1000)
-        cfg = TrainConfig(steps=steps, batch_size=given.get("batch_size", 8), seq_len=given.get("seq_len", 512),
-                          lr=given.get("lr", 1e-3), warmup=min(given.get("warmup", 100), max(1, steps // 10)),
-                          seed=given.get("seed", 1337), eval_every=given.get("eval_every", 200), device=args.device,
-                          autocast=not args.no_autocast, copy_rows=given.get("copy_rows", 0.0))
-        data_dir = Path(args.data_dir) if args.data_dir else out / "data"
-    stats = corpus.prepare(data_dir, vocab_size=model_args.vocab_size)
-    train_tokens = np.fromfile(data_dir / "train.bin", dtype=np.uint16)
-    heldout_tokens = np.fromfile(data_dir / "heldout.bin", dtype=np.uint16)
-    info = {"preset": name, "args": model_args.to_dict(), "train": cfg.__dict__, "data": stats,
-            "data_dir": str(data_dir), "torch": torch.__version__, "device": _device_name(args.device)}
-    out.mkdir(parents=True, exist_ok=True)
-    files.atomic_write_json(out / "run.json", info)  # what --resume reads back (preset, data)
-    t0 = time.time()
-    model = train(model_args, train_tokens, heldout_tokens, cfg, out, progress=not args.quiet, resume=bool(args.resume))
-    weights.save(model, out, dtype=getattr(torch, args.save_dtype), tokenizer_file=data_dir / "tokenizer.model")
-    info.update(wall_s=round(time.time() - t0, 1), environment=files.environment(args.device))
-    files.atomic_write_json(out / "train_info.json", info)
+    info = text_run(out, preset_name=args.preset, given=given, resume=bool(args.resume), overwrite=args.overwrite,
+                    device=args.device, n_threads=args.threads, data_dir=args.data_dir,
+                    save_dtype=getattr(torch, args.save_dtype), progress=not args.quiet)
     print(f"saved {out} ({info['wall_s']} s)", file=sys.stderr)
 
 
-# train flag (argparse dest) -> TrainConfig field; None in argparse means "not given"
-TRAIN_FLAGS = {"steps": "steps", "batch_size": "batch_size", "seq_len": "seq_len", "lr": "lr", "warmup": "warmup",
-               "eval_every": "eval_every", "seed": "seed", "copy_rows": "copy_rows"}
-
-
-def _read_info(out: Path) -> dict:
-    try:
-        return json.loads((out / "run.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return {}
+def cmd_passkey(args) -> None:
+    if args.action == "eval":
+        if args.out:
+            files.check_writable(args.out)  # before the work, not after
+        path = Path(args.model) if args.model else asset("passkey")
+        model = load(path)
+        if model.args != preset("passkey"):
+            raise UsageError(f"{path} is not a passkey probe model (its configuration is not the preset "
+                             f"'passkey'): train one with `python -m mistral_lab passkey train --out DIR`")
+        with threads.limited(args.threads, model=model):
+            result = accuracy_by_distance(model, n=args.samples)
+        for d, acc in zip(result["distance"], result["accuracy"]):
+            print(f"d = {d:3d}  accuracy {acc:.3f}")
+        _write(args, "passkey", result)
+        return
+    if not args.out:
+        raise UsageError("passkey train needs --out DIR (a new or empty folder)")
+    info = train_run(args.out, steps=args.steps, seed=args.seed, n_threads=args.threads or 1,
+                     overwrite=args.overwrite, progress=not args.quiet)
+    print(f"saved {args.out} ({info['wall_s']} s)", file=sys.stderr)
 
 
 def cmd_perplexity(args) -> None:
-    from .perplexity import file_perplexity
-
     path = Path(args.file)
     if not path.is_file():
         raise UsageError(f"{path} does not exist or is not a file: give a text file to score")
     if path.stat().st_size == 0:
         raise UsageError(f"{path} is empty: give a text file with some text to score")
     model, tok = _model_and_tokenizer(args)
-    from . import threads
-
-    with threads.limited(args.threads, kind="compute"):  # scoring is pre-fill: every usable CPU by default
+    with threads.limited(args.threads, model=model):
         result = file_perplexity(model, tok, path, chunk_size=args.chunk_size, max_tokens=args.max_tokens)
     if not math.isfinite(result["nll"]):
         raise UsageError(f"the model's log-likelihood of {path} is not finite: the weights are damaged")
     print(json.dumps(result))
 
 
-def cmd_bench(args) -> None:
-    from . import bench, files
+def cmd_context_use(args) -> None:
+    files.check_writable(args.out)  # before 11 minutes of work, not after
+    with threads.limited(args.threads):  # small models: one thread, unless told
+        result = sweep()
+    _write(args, "context-use", result)
 
+
+def cmd_bench(args) -> None:
     if args.out:
         files.check_writable(args.out)  # before minutes of benchmarking, not after
-    if args.what == "classroom":
-        from . import classroom
-
-        return classroom.main(args)
-
-    bench.main(args)
-
-
-def _device_name(device: str) -> str:
-    import platform
-
-    import torch
-
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.device(device))
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    what = args.what
+    with threads.limited(args.threads, kind="all"):  # the default: every usable CPU, as torch's own
+        if what == "cpu-decode":
+            report = cpu_decode.measure(args.model, args.tokens or 200, args.repeats)
+        elif what == "throughput":
+            report = throughput.measure()
+        elif what == "serve":
+            report = serve.measure()
+        elif what == "classroom":
+            report = classroom.measure(tokens=args.tokens or 256)  # notebook 03's 4W new tokens
+        elif what == "threads":
+            report = thread_policy.measure()
+        elif what == "perplexity-memory":
+            report = perplexity_memory.measure(args.mb)
+        else:
+            report = kernels.measure(what)
+    _write(args, what, report)
 
 
 def _argument(convert, ok, expected: str):
@@ -288,9 +241,15 @@ def _argument(convert, ok, expected: str):
 
 
 _positive = _argument(int, lambda n: n > 0, "a positive integer")
+_threads = _argument(int, lambda n: 0 < n <= MAX_THREADS, f"a number of threads in 1..{MAX_THREADS}")
 _positive_float = _argument(float, lambda x: math.isfinite(x) and x > 0, "a finite number > 0")
 _share = _argument(float, lambda x: 0.0 <= x <= 1.0, "a share in [0, 1]")
 _seed = _argument(int, lambda n: 0 <= n < 2**63, "an integer seed in [0, 2**63)")
+
+# train flag (argparse dest) -> TrainConfig field; None in argparse means "not given"
+TRAIN_FLAGS = {"steps": "steps", "batch_size": "batch_size", "seq_len": "seq_len", "lr": "lr", "warmup": "warmup",
+               "eval_every": "eval_every", "seed": "seed", "copy_rows": "copy_rows"}
+TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # the one place they are set
 
 
 class _Parser(argparse.ArgumentParser):
@@ -301,11 +260,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .backends import BACKENDS
-    from .config import PRESETS
-    from .generate import ENGINES
-
-    p = _Parser(prog="python -m mistral_lab", description=__doc__)
+    p = _Parser(prog="python -m mistral_lab", description=__doc__.split("\n\n")[0])
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     presets = sorted(PRESETS)
@@ -316,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
         return sp
 
+    def threads_opt(sp, default=None, what="CPU threads (default: mistral_lab.threads' policy; OMP_NUM_THREADS is "
+                                           "honoured)"):
+        sp.add_argument("--threads", type=_threads, default=default, help=what)
+
     def model_opts(sp):
         sp.add_argument("--model", default=None, help="checkpoint directory (default: the shipped model in assets/model)")
         sp.add_argument("--tokenizer", default=None,
@@ -323,8 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--device", default="cpu")
         sp.add_argument("--backend", default="torch", choices=BACKENDS)
         sp.add_argument("--chunk-size", type=_positive, default=None, help="pre-fill chunk size (default: the window W)")
-        sp.add_argument("--threads", type=_positive, default=None,
-                        help="CPU threads (default: mistral_lab.threads' policy; OMP_NUM_THREADS is honoured)")
+        threads_opt(sp)
 
     g = command("generate", help="prompt -> streamed text")
     model_opts(g)
@@ -350,24 +308,26 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--model", default=None)
     i.set_defaults(func=cmd_info)
 
+    d = TRAIN_DEFAULTS
     t = command("train", help="train a small Mistral-architecture model on Shakespeare")
     where = t.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", help="a new or empty folder for the model, tokenizer, checkpoint and loss log")
     where.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     t.add_argument("--preset", default=None, choices=presets, help="model configuration (default: shakespeare)")
-    # None: not given (a resumed run keeps its own settings; new runs get the defaults shown)
-    t.add_argument("--steps", type=_positive, default=None, help="optimizer steps (default 1000, the shipped model's)")
-    t.add_argument("--batch-size", type=_positive, default=None, help="default 8")
-    t.add_argument("--seq-len", type=_positive, default=None, help="default 512")
-    t.add_argument("--lr", type=_positive_float, default=None, help="peak learning rate (default 1e-3)")
+    # None: not given (a resumed run keeps its own settings; new runs get TrainConfig's defaults)
+    t.add_argument("--steps", type=_positive, default=None, help=f"optimizer steps (default {d['steps']})")
+    t.add_argument("--batch-size", type=_positive, default=None, help=f"default {d['batch_size']}")
+    t.add_argument("--seq-len", type=_positive, default=None, help=f"default {d['seq_len']}")
+    t.add_argument("--lr", type=_positive_float, default=None, help=f"peak learning rate (default {d['lr']:g})")
     t.add_argument("--warmup", type=_positive, default=None, help="warm-up steps (default 100, at most steps/10)")
-    t.add_argument("--eval-every", type=_positive, default=None, help="evaluate and checkpoint every N steps (default 200)")
-    t.add_argument("--seed", type=_seed, default=None, help="default 1337")
+    t.add_argument("--eval-every", type=_positive, default=None,
+                   help=f"evaluate and checkpoint every N steps (default {d['eval_every']})")
+    t.add_argument("--seed", type=_seed, default=None, help=f"default {d['seed']}")
     t.add_argument("--copy-rows", type=_share, default=None,
-                   help="share of each batch's sequences that carry repeated spans (default 0.0)")
+                   help=f"share of each batch's sequences that carry repeated spans (default {d['copy_rows']})")
     t.add_argument("--device", default="cpu")
-    t.add_argument("--threads", type=_positive, default=None)
+    threads_opt(t, what="CPU threads (pin it: the weights are bitwise the same for one thread count)")
     t.add_argument("--data-dir", default=None, help="where to build the corpus (default: OUT/data)")
     t.add_argument("--save-dtype", default="float16", choices=SAVE_DTYPES)
     t.add_argument("--no-autocast", action="store_true", help="train in fp32 throughout")
@@ -381,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--overwrite", action="store_true", help="train: replace the probe already in --out")
     k.add_argument("--steps", type=_positive, default=1000, help="train: optimizer steps (default 1000, the shipped probe's)")
     k.add_argument("--seed", type=_seed, default=1337)
-    k.add_argument("--threads", type=_positive, default=1, help="train: CPU threads (default 1, as the shipped probe)")
+    threads_opt(k, what="CPU threads (train: default 1, as the shipped probe; eval: the policy's)")
     k.add_argument("--samples", type=_positive, default=256, help="eval: sequences per distance (default 256)")
     k.add_argument("--quiet", action="store_true")
     k.set_defaults(func=cmd_passkey)
@@ -392,24 +352,37 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-tokens", type=_positive, default=None)
     q.set_defaults(func=cmd_perplexity)
 
-    b = command("bench", help="benchmarks: attention / decode / serve (GPU), cpu-decode vs Hugging Face, "
-                              "throughput, classroom")
-    b.add_argument("what", choices=["attention", "decode", "cpu-decode", "throughput", "serve", "classroom"])
+    c = command("context-use", help="notebook 09's sweep on the shipped models (about 11 minutes on 2 cores)")
+    c.add_argument("--out", required=True, help="write the JSON here (e.g. benchmarks/context_use.json)")
+    threads_opt(c)
+    c.set_defaults(func=cmd_context_use)
+
+    b = command("bench", help="benchmarks: cpu-decode vs Hugging Face, throughput, classroom, threads, "
+                              "perplexity-memory; GPU: serve, attention, decode")
+    b.add_argument("what", choices=["cpu-decode", "throughput", "classroom", "threads", "perplexity-memory",
+                                    "serve", "attention", "decode"])
     b.add_argument("--model", default=None)
     b.add_argument("--out", default=None, help="write results as JSON here")
-    b.add_argument("--tokens", type=_positive, default=200)
+    b.add_argument("--tokens", type=_positive, default=None,
+                   help="new tokens per run (cpu-decode: default 200; classroom: 256)")
     b.add_argument("--repeats", type=_positive, default=5)
+    b.add_argument("--mb", type=_positive_float, nargs="+", default=[10.0],
+                   help="perplexity-memory: sizes of the generated files in MB (default 10)")
+    threads_opt(b, what="CPU threads (default: every usable CPU, as torch's own default)")
     b.set_defaults(func=cmd_bench)
     return p
 
 
-# What a user's mistake raises: a bad path or setting, no GPU, no Triton, a missing package.
-USER_ERRORS = (UsageError, ValueError, OSError, RuntimeError, ImportError, ArithmeticError, MemoryError)
+# What a user's mistake raises: a bad path or setting, no GPU, no Triton, a missing package,
+# a size that does not fit. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (UsageError, ValueError, OSError, ImportError, ArithmeticError, MemoryError, TritonUnavailable,
+               torch.OutOfMemoryError)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    debug = args.debug or bool(os.environ.get("MISTRAL_LAB_DEBUG"))
+    args.argv = argv
+    debug = args.debug or os.environ.get("MISTRAL_LAB_DEBUG", "") not in ("", "0")
     try:
         args.func(args)
     except USER_ERRORS as e:

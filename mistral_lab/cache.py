@@ -32,6 +32,7 @@ import torch
 
 from . import trace
 from .config import ModelArgs
+from .masks import keys_per_query, oldest_visible
 
 
 class KVCache:
@@ -176,9 +177,16 @@ class KVCache:
 class LayerCache:
     """One layer's slice of a KVCache: what the attention of layer `index` reads and writes.
 
-    k, v (B, S, K, D) and pos (B, S) are views of the cache's tensors (no copy); `write`
-    stores new keys at slot = position mod S. Backends receive this object, never the
-    whole cache, and the Triton backend writes through the same tensors with a kernel.
+    k, v (B, S, K, D) and pos (B, S) are views of the cache's tensors (no copy). Backends
+    receive this object, never the whole cache. Every write puts position p in slot
+    p mod S; there is one writer per engine family, because each needs something the
+    others must not pay for:
+
+      write       the torch backend (readable model): any T, trace events, a decode
+                  step through write_step;
+      write_step  one token per sequence without a host sync (the static engine's graph);
+      append      the fast engine: one sequence, and returns the run of keys it reads;
+      (kernel)    the Triton backend writes the same tensors with kernels/cache_write.py.
     """
 
     __slots__ = ("cache", "index")
@@ -217,7 +225,7 @@ class LayerCache:
         n, lo = self.cache.readable_slots(), 0
         W = self.cache.args.sliding_window
         if self.cache.grow and W is not None:
-            lo = min(max(0, self.cache.oldest_query - W + 1), n)
+            lo = min(oldest_visible(self.cache.oldest_query, W), n)
         return self.k[:, lo:n], self.v[:, lo:n], self.pos[:, lo:n]
 
     def with_chunk(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor):
@@ -234,13 +242,14 @@ class LayerCache:
         return (positions >= 0) & (positions > last - self.capacity)
 
     def write(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
-        """Store k, v (B, T, K, D) of positions (B, T) into slots position mod S (-1: skipped)."""
+        """Store k, v (B, T, K, D) of positions (B, T) into slots position mod S (-1: skipped).
+
+        The readable model's write (the torch backend's). One token per sequence (a decode
+        step) goes through write_step, the same scatter the static engine uses; a chunk
+        picks the positions it keeps (kept) and stores them by index."""
         self.record(positions)
-        if positions.shape == (1, 1):  # the decode step of one sequence: plain indexing
-            p = int(positions)
-            if p >= 0:
-                s = self.slot(p)
-                self.k[0, s], self.v[0, s], self.pos[0, s] = k[0, 0], v[0, 0], p
+        if positions.shape[1] == 1:
+            self.write_step(k, v, positions)
             return
         b, t = torch.nonzero(self.kept(positions), as_tuple=True)
         p = positions[b, t]
@@ -250,11 +259,11 @@ class LayerCache:
         self.pos[b, s] = p
 
     def write_step(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
-        """The static decode step's write (static_decode): one token per sequence, k, v
-        (B, 1, K, D) at positions (B, 1) that live on the cache's device (-1: no token).
-        No host synchronisation (no nonzero, no int() of a position), so a CUDA graph can
-        hold it: every sequence scatters into slot position mod S, and one without a token
-        writes its slot 0 back onto itself."""
+        """One token per sequence, k, v (B, 1, K, D) at positions (B, 1) on the cache's
+        device (-1: no token), with no host synchronisation (no nonzero, no int() of a
+        position), so the static engine's CUDA graph can hold it: every sequence scatters
+        into slot position mod S, and one without a token writes its slot 0 back onto
+        itself. No trace event (write records them; the static engine never runs traced)."""
         B = k.shape[0]
         p = positions.reshape(B)
         keep = p >= 0
@@ -266,20 +275,21 @@ class LayerCache:
         pos.scatter_(1, s[:, None], torch.where(keep, p, pos.gather(1, s[:, None])[:, 0])[:, None])
 
     def append(self, pos: int, k: torch.Tensor, v: torch.Tensor, window: int | None):
-        """The lean decode step's write (fast_decode: one sequence, no trace): store k, v
-        (K, D) of position `pos` of sequence 0, and return the keys and values its query
-        sees as one run of slots each, (n, K, D), so no mask is needed. In a rolling buffer
-        of S = W slots every filled slot is inside the window; in a full cache slot =
-        position, and the window is the last W of them."""
+        """The fast engine's write (engines/fast.py: one sequence, no trace), apart from
+        write because it also returns what the query reads: store k, v (K, D) of position
+        `pos` of sequence 0, and return the keys and values its query sees as one run of
+        slots each, (n, K, D), so no mask is needed. In a rolling buffer of S = W slots
+        every filled slot is inside the window; in a full cache slot = position, and the
+        window is the last keys_per_query of them."""
         c, i = self.cache, self.index
         s = pos % c.k.shape[2]  # self.slot(pos), without the property chain: this runs per layer per token
         k_, v_ = c.k[i, 0], c.v[i, 0]  # (S, K, D) views, one indexing op each
         k_[s], v_[s] = k, v
         c.slot_pos[i, 0, s] = pos
         if c.grow:
-            lo = 0 if window is None else max(0, pos + 1 - window)
+            lo = oldest_visible(pos, window)
             return k_[lo:pos + 1], v_[lo:pos + 1]
-        n = min(pos + 1, k_.shape[0])
+        n = keys_per_query(pos, k_.shape[0])  # S = W slots: the filled ones are the visible ones
         return k_[:n], v_[:n]
 
     def record(self, positions: torch.Tensor) -> None:

@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 # No single size of a model this code runs comes near 2**24 (the 7B's largest is 32000):
 # anything beyond is a typo, and refusing it here keeps products of sizes within int64.
 MAX_SIZE = 1 << 24
@@ -91,11 +93,6 @@ class ModelArgs:
             raise ValueError(f"unknown ModelArgs field(s) {unknown}: expected some of {sorted(known)}")
         return cls(**d)
 
-    def save(self, path: str | Path) -> None:
-        from .files import atomic_write_json
-
-        atomic_write_json(path, self.to_dict())
-
 
 PRESETS: dict[str, ModelArgs] = {
     # The paper's Table 1.
@@ -137,8 +134,6 @@ def preset(name: str) -> ModelArgs:
 
 def available_memory(device) -> int | None:
     """Bytes free on `device` now (None where it cannot be told)."""
-    import torch
-
     device = torch.device(device)
     if device.type == "cuda" and torch.cuda.is_available():
         return torch.cuda.mem_get_info(device)[0]

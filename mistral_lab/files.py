@@ -9,17 +9,25 @@ umask), not mkstemp's 0600.
     atomic_write_bytes(path, data)
     atomic_write_text(path, text)
     atomic_write_json(path, obj)        indent 2, a final newline
-    environment()                       the stamp every benchmark result carries
+
+And the one schema of every committed result (benchmarks/*.json):
+
+    write_result(path, "cpu-decode", body, command="python -m mistral_lab bench cpu-decode ...")
+    # {"benchmark", "date", "commit", "dirty", "command", "environment", ...body}
 """
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import platform
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Callable
+
+import torch
 
 
 def _umask() -> int:
@@ -28,12 +36,18 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path, write: Callable[[object], None], *, binary: bool = True) -> Path:
-    """Call write(f) on a temporary file beside `path`, then rename it over `path`."""
-    path = Path(path)
+def _folder(path: Path) -> Path:
+    """The folder `path` goes in, which must exist (a missing one is one line, never created)."""
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise FileNotFoundError(f"cannot write {path}: the folder {folder} does not exist")
+    return folder
+
+
+def atomic_write(path, write: Callable[[object], None], *, binary: bool = True) -> Path:
+    """Call write(f) on a temporary file beside `path`, then rename it over `path`."""
+    path = Path(path)
+    folder = _folder(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
@@ -81,13 +95,20 @@ def atomic_write_json(path, obj, *, indent: int = 2) -> Path:
 def check_writable(path) -> None:
     """Fail now, in one line, if `path` cannot be written later (before long work starts)."""
     path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise FileNotFoundError(f"cannot write {path}: the folder {folder} does not exist")
+    folder = _folder(path)
     if not os.access(folder, os.W_OK):
         raise PermissionError(f"cannot write {path}: the folder {folder} is not writable")
     if path.is_dir():
         raise IsADirectoryError(f"cannot write {path}: it is a folder")
+
+
+def sha256(path) -> str:
+    """The file's SHA-256 as hex, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def cpu_name() -> str:
@@ -101,9 +122,7 @@ def cpu_name() -> str:
 
 
 def environment(device: str | None = None) -> dict:
-    """Date (UTC, ISO 8601), versions and the device: the stamp of every committed result."""
-    import torch
-
+    """Date (UTC, ISO 8601), versions, the CPU and GPU, torch's threads and the load."""
     env = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
@@ -129,5 +148,52 @@ def environment(device: str | None = None) -> dict:
     return env
 
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "check_writable",
-           "cpu_name", "environment"]
+REPOSITORY = Path(__file__).resolve().parent.parent
+RESULT_KEYS = ("benchmark", "date", "commit", "dirty", "command", "environment", "digest")  # every result's header
+
+
+def provenance(repo: Path = REPOSITORY) -> dict:
+    """{"commit": the checkout's HEAD, "dirty": whether tracked files differ from it}; both
+    None outside a git checkout (an installed wheel) or without git."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return {"commit": None, "dirty": None}
+        status = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def digest(doc: dict) -> str:
+    """sha256 of a result's contents without its digest, as canonical JSON: a number
+    edited by hand no longer matches (tests/test_results.py checks every committed one)."""
+    rest = {k: v for k, v in doc.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def result(benchmark: str, body: dict, *, command: str, device: str | None = None) -> dict:
+    """A result in the one schema: what it is, when, from which code and command, where;
+    then the body; last, the digest of all of it."""
+    clash = sorted(set(body) & set(RESULT_KEYS))
+    if clash:
+        raise ValueError(f"a result body may not set {clash}: the header is written by files.result")
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    doc = {"benchmark": benchmark, "date": date, **provenance(), "command": command,
+           "environment": environment(device), **body}
+    doc = json.loads(json.dumps(doc))  # as it will be read back (tuples become lists)
+    return {**doc, "digest": digest(doc)}
+
+
+def write_result(path, benchmark: str, body: dict, *, command: str, device: str | None = None) -> dict:
+    """result(...) written whole to `path` (atomic_write_json); returns it."""
+    doc = result(benchmark, body, command=command, device=device)
+    atomic_write_json(path, doc)
+    return doc
+
+
+__all__ = ["RESULT_KEYS", "atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
+           "check_writable", "cpu_name", "digest", "environment", "provenance", "result", "sha256", "write_result"]

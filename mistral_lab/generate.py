@@ -1,30 +1,38 @@
-"""Pre-fill (in chunks), decode, sampling and generation over a KV cache.
+"""Pre-fill (in chunks), scoring and generation over a KV cache.
 
 Pre-fill with chunking (the paper, section 2): the prompt is known in advance, so its
 keys and values are computed in chunks of `chunk_size` tokens (default W). Each chunk
 attends causally to itself and, through the window, to the cache; then it is written.
 Any chunk size >= 1 gives the same result -- tests pin that.
 
+Generation: pre-fill the prompt, pick the first new token from its last logits, then
+one decode step per token (engines.choose picks what runs the step; sampling.Sampler
+picks the token) until max_new_tokens or EOS.
+
 Batches. generate() and score() take one sequence (a list of ids or a 1-D tensor) or a
 batch of them (a list of lists, or a 2-D tensor) of any lengths. A batch shares one
 cache in which every sequence has its own positions and its own rows of slots; shorter
 prompts are padded on the right with position -1 (never written, never attended); each
 sequence stops on its own (EOS at its own step) and later steps give it no token. The
-result for each sequence is what generating it alone gives (tests pin it to 1e-5).
+result for each sequence is what generating it alone gives: greedy tokens exactly
+(logits to 1e-5), and with sampling too, since each sequence draws from its own
+generator seeded with the seed (sampling.Sampler).
 """
 from __future__ import annotations
 
-import math
-import numbers
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 
+from . import engines
 from .cache import KVCache
+from .engines import ENGINES
 from .model import Transformer
-from .static_decode import StaticDecode
+from .sampling import Sampler, check_sampling
+from .threads import limited
+from .tokens import check_batch, lengths_of, pad, sequences
 
 
 @dataclass
@@ -33,6 +41,7 @@ class GenerationStats:
     new_tokens: int
     prefill_s: float
     decode_s: float
+    threads: int  # torch's intra-op threads during this generation (read back, not the policy recomputed)
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -68,11 +77,10 @@ def _default_chunk(model: Transformer, n: int) -> int:
     return model.args.sliding_window or n
 
 
-def _int_like(x) -> bool:
-    """An integer token id: a Python or numpy integer, or a 0-d integer tensor (no bools, no floats)."""
-    if isinstance(x, torch.Tensor):
-        return x.dim() == 0 and not x.dtype.is_floating_point and x.dtype != torch.bool and not x.is_complex()
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a GPU runs asynchronously): before reading a clock."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 @torch.inference_mode()
@@ -85,13 +93,9 @@ def prefill(model: Transformer, tokens: torch.Tensor, cache: KVCache, chunk_size
     token (B, T, vocab).
     """
     _check_chunk_size(chunk_size)
-    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:
-        raise ValueError(f"tokens must be a (batch, length) tensor of ids, got "
-                         f"{tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__}")
-    if tokens.shape[1] == 0:
-        raise ValueError("the prompt is empty: give at least one token (e.g. the BOS token)")
+    check_batch(tokens, model.args.vocab_size)
     B, T = tokens.shape
-    n = torch.full((B,), T, dtype=torch.long) if lengths is None else torch.as_tensor(lengths, dtype=torch.long).cpu()
+    n = lengths_of(lengths, B, T)
     chunk = chunk_size or _default_chunk(model, T)
     outs, last = [], None
     for i in range(0, T, chunk):
@@ -106,61 +110,17 @@ def prefill(model: Transformer, tokens: torch.Tensor, cache: KVCache, chunk_size
     return torch.cat(outs, dim=1) if all_logits else last
 
 
-def _as_sequences(tokens, model: Transformer) -> tuple[list[torch.Tensor], bool]:
-    """(list of 1-D id tensors on the model's device, whether the input was a batch)."""
-    device = next(model.parameters()).device
-    if isinstance(tokens, torch.Tensor):
-        if tokens.dtype.is_floating_point or tokens.dtype == torch.bool or tokens.is_complex():
-            raise ValueError(f"token ids must be integers, got a {tokens.dtype} tensor")
-        if tokens.dim() not in (1, 2):
-            raise ValueError(f"tokens must be one sequence (1-D) or a batch (2-D), got shape {tuple(tokens.shape)}")
-        batched = tokens.dim() == 2
-        seqs = list(tokens.to(device=device, dtype=torch.long)) if batched else [tokens.to(device=device, dtype=torch.long)]
-    else:
-        items = list(tokens)
-        # a batch is a list of sequences; anything else is one sequence (its ids checked below)
-        batched = bool(items) and isinstance(items[0], (list, tuple, torch.Tensor)) and not _int_like(items[0])
-        seqs = [_ids(x, device) for x in items] if batched else [_ids(items, device)]
-    if not seqs:
-        raise ValueError("the batch is empty: give at least one prompt")
-    for s in seqs:
-        if s.numel() == 0:
-            raise ValueError("the prompt is empty: give at least one token (e.g. the BOS token)")
-    return seqs, batched
-
-
-def _ids(x, device) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        if x.dtype.is_floating_point or x.dtype == torch.bool or x.dim() != 1:
-            raise ValueError(f"each prompt must be a 1-D tensor of integer ids, got {x.dtype} of shape {tuple(x.shape)}")
-        return x.to(device=device, dtype=torch.long)
-    x = list(x)
-    bad = next((t for t in x if not _int_like(t)), None)
-    if bad is not None:
-        raise ValueError(f"token ids must be integers, got {bad!r} ({type(bad).__name__})")
-    return torch.tensor([int(t) for t in x], dtype=torch.long, device=device)
-
-
-def _pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad sequences with id 0 (its position is -1: never seen): (B, T) ids, (B,) lengths."""
-    lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
-    ids = seqs[0].new_zeros(len(seqs), int(lengths.max()))
-    for b, s in enumerate(seqs):
-        ids[b, :len(s)] = s
-    return ids, lengths
-
-
 @torch.inference_mode()
 def score(model: Transformer, tokens, chunk_size: int | None = None):
     """log p(token_t | tokens_<t) for t = 1..T-1, computed by chunked pre-fill: (T-1,) fp32.
 
     A batch (list of sequences or a 2-D tensor) gives a list, one tensor per sequence.
     """
-    seqs, batched = _as_sequences(tokens, model)
+    seqs, batched = sequences(tokens, model.tok_embeddings.weight.device)
     if any(len(s) < 2 for s in seqs):
         raise ValueError("scoring needs at least two tokens (the first one is only context)")
     _check_chunk_size(chunk_size)
-    ids, lengths = _pad(seqs)
+    ids, lengths = pad(seqs)
     B, T = ids.shape
     chunk = chunk_size or _default_chunk(model, T)
     cache, out = model.new_cache(B), []
@@ -175,83 +135,11 @@ def score(model: Transformer, tokens, chunk_size: int | None = None):
     return result if batched else result[0]
 
 
-def check_sampling(temperature, top_k, top_p, seed=None) -> None:
-    """One line per bad setting, before any work: finite temperature >= 0, integer top_k
-    >= 1, top_p in (0, 1], an integer seed in [0, 2**63)."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
-            or temperature < 0:
-        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k <= 0):
-        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
-                              or not 0.0 < top_p <= 1.0):
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
-        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed!r}")
-
-
-def sample(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
-           top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Pick the next token from logits (B, vocab): greedy at temperature 0, else sampled
-    from the softmax at that temperature, restricted to the top_k tokens and to the
-    smallest set whose probability reaches top_p (nucleus)."""
-    check_sampling(temperature, top_k, top_p)
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(filtered_logits(logits, temperature, top_k, top_p), dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)[..., 0]
-
-
-def filtered_logits(logits: torch.Tensor, temperature: float, top_k: int | None = None,
-                    top_p: float | None = None) -> torch.Tensor:
-    """logits / temperature (> 0) in fp32, -inf outside the top_k tokens and outside the
-    nucleus of top_p: what sample() and the static decode step draw from. Device ops
-    only (no host sync), so a CUDA graph can hold it."""
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-        # drop a token when the tokens before it already reach top_p (the first always stays)
-        drop_sorted = (cum - torch.softmax(sorted_logits, dim=-1)) >= top_p
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
-
-
-ENGINES = ("auto", "model", "fast", "fast-fp16", "static")
-
-
-def _decode_step(model: Transformer, cache: KVCache, engine: str, **static):
-    """The packed decode step for this engine, a static_decode.StaticDecode (built with
-    `static`: end and the sampling settings), or None for Transformer.forward."""
-    from .fast_decode import DecodeStep, decode_step
-
-    if engine == "model":
-        return None
-    if engine == "static":
-        why_not = StaticDecode.unsupported(model, cache)
-        if why_not is not None:
-            raise ValueError(f"engine='static' cannot run here: {why_not}; use engine='model'")
-        return StaticDecode(model, cache, **static)
-    why_not = DecodeStep.unsupported(model, cache)
-    if engine == "auto":
-        if why_not is None:
-            return decode_step(model)
-        # on a GPU the static step, captured in a CUDA graph, at any batch size
-        if cache.k.device.type == "cuda" and StaticDecode.unsupported(model, cache) is None:
-            return StaticDecode(model, cache, **static)
-        return None
-    if why_not is not None:
-        raise ValueError(f"engine={engine!r} cannot run here: {why_not}; use engine='model'")
-    return decode_step(model, "fp16" if engine == "fast-fp16" else "fp32")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def _check_eos(eos_id, vocab_size: int) -> None:
+    if eos_id is not None and (isinstance(eos_id, bool) or not isinstance(eos_id, int)
+                               or not 0 <= eos_id < vocab_size):
+        raise ValueError(f"eos_id must be a token id in [0, {vocab_size}) or None, got {eos_id!r}: "
+                         f"pass tok.eos_id")
 
 
 @torch.inference_mode()
@@ -279,23 +167,16 @@ def generate(
     streaming; one sequence only). With the default rolling buffer the generation can run
     to any length in constant cache memory.
 
-    engine picks what runs each decode step (the pre-fill is always the model):
-    "model" is Transformer.forward; "fast" is fast_decode.DecodeStep, the same function
-    in far fewer operations (one sequence on the CPU, torch backend); "fast-fp16" is
-    that step with fp16 weight matrices; "static" is static_decode.StaticDecode (any
-    batch, sampling on the device, a CUDA graph on a GPU, eager on the CPU); "auto" takes
-    "fast" where it applies, else "static" on a GPU, else "model" (and "model" inside
+    engine picks what runs each decode step (the pre-fill is always the model): "model",
+    "fast", "fast-fp16", "static" or "auto" (engines.ENGINES; "auto" takes the lean CPU
+    step where it applies, the static step on a GPU, and the readable model inside
     trace.record(), which records what the model does).
 
     threads: CPU threads for this call (mistral_lab.threads: an explicit number, else
-    OMP_NUM_THREADS / MKL_NUM_THREADS, else one thread for a small model -- beside one busy
-    process it kept 433 tok/s where torch's default two threads fell to 79; idle, two would
-    gain 1.4x (benchmarks/classroom.json) -- or every usable CPU for a large one). The
+    OMP_NUM_THREADS / MKL_NUM_THREADS, else the policy's default for this model). The
     caller's setting is restored after.
     """
-    from . import threads as thread_policy
-
-    with thread_policy.limited(threads, kind=thread_policy.kind_for(model)):
+    with limited(threads, model=model):
         return _generate(model, prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                          seed=seed, eos_id=eos_id, chunk_size=chunk_size, cache=cache, on_token=on_token,
                          engine=engine)
@@ -309,45 +190,37 @@ def _generate(model, prompt, max_new_tokens, *, temperature, top_k, top_p, seed,
         raise ValueError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
     _check_chunk_size(chunk_size)
     check_sampling(temperature, top_k, top_p, seed)
-    seqs, batched = _as_sequences(prompt, model)
+    _check_eos(eos_id, model.args.vocab_size)
+    seqs, batched = sequences(prompt, model.tok_embeddings.weight.device)
     if on_token is not None and batched:
         raise ValueError("on_token streams one sequence: generate a batch without it")
-    ids, lengths = _pad(seqs)
+    ids, lengths = pad(seqs)
     B = len(seqs)
     device = ids.device
     cache = cache if cache is not None else model.new_cache(B)
     if cache.batch_size != B:
         raise ValueError(f"the cache holds {cache.batch_size} sequences but {B} prompts were given: "
                          f"use model.new_cache({B})")
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=device).manual_seed(seed)
+    sampler = Sampler(B, temperature, top_k, top_p, seed, device)
     end = int((cache.seq_pos + lengths).max()) + max_new_tokens - 1  # one past the last position decoded
-    step = _decode_step(model, cache, engine, end=end, temperature=temperature, top_k=top_k, top_p=top_p,
-                        generator=generator) if max_new_tokens > 1 else None
-    static = isinstance(step, StaticDecode)  # it samples on the device
-    picked = None  # (tokens, log-probabilities) a static step picked, on the device
+    step = engines.choose(model, cache, engine, sampler, end=end) if max_new_tokens > 1 else None
 
     t0 = time.perf_counter()
     logits = prefill(model, ids, cache, chunk_size, lengths=None if B == 1 else lengths)  # (B, vocab)
+    token, logp = sampler(logits)  # the first new token of each sequence
     new: list[list[int]] = [[] for _ in range(B)]
     logprobs: list[list[float]] = [[] for _ in range(B)]
     stop = ["length"] * B
     running = [True] * B  # host-side flags: the loop reads them every token
-    _sync(device)
+    synchronize(device)
     t1 = time.perf_counter()
     while max_new_tokens > 0:
-        if picked is None:
-            token = sample(logits, temperature, top_k, top_p, generator)  # (B,)
-            logp = torch.log_softmax(logits.float(), -1).gather(-1, token[:, None])[:, 0].tolist()
-        else:  # the static step's: the host waits here, once a token (EOS, streaming, results)
-            token, logp = picked[0], picked[1].tolist()
-        toks = token.tolist()
+        toks, lps = token.tolist(), logp.tolist()  # the host waits here, once a token
         for b in range(B):
             if not running[b]:
                 continue
             new[b].append(toks[b])
-            logprobs[b].append(logp[b])
+            logprobs[b].append(lps[b])
             if on_token is not None:
                 on_token(toks[b])
             if eos_id is not None and toks[b] == eos_id:
@@ -356,18 +229,13 @@ def _generate(model, prompt, max_new_tokens, *, temperature, top_k, top_p, seed,
                 running[b] = False
         if not any(running):
             break
-        if static:
-            picked = step(token, torch.tensor(running))
-        elif step is not None:
-            logits = step(toks[0], cache)
-        elif all(running):
-            logits = model(token[:, None], cache)[:, -1]
-        else:  # a stopped sequence gets no token: position -1, nothing written, nothing attended
-            alive = torch.tensor(running)
-            feed = torch.where(alive.to(device), token, 0)[:, None]
-            logits = model(feed, cache, lengths=alive.long())[:, -1]
-    _sync(device)
+        token, logp = step(token, torch.tensor(running))
+    synchronize(device)
     t2 = time.perf_counter()
     out = [Generation(seqs[b].tolist(), new[b], logprobs[b], stop[b],
-                      GenerationStats(len(seqs[b]), len(new[b]), t1 - t0, t2 - t1), cache) for b in range(B)]
+                      GenerationStats(len(seqs[b]), len(new[b]), t1 - t0, t2 - t1, torch.get_num_threads()), cache)
+           for b in range(B)]
     return out if batched else out[0]
+
+
+__all__ = ["ENGINES", "Generation", "GenerationStats", "generate", "prefill", "score", "synchronize"]

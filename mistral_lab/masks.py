@@ -49,14 +49,29 @@ def paper_window_mask(n: int, window: int, device=None) -> torch.Tensor:
     return window_mask(n, window + 1, device)
 
 
+def keys_per_query(position, window: int | None):
+    """How many keys a query at `position` sees: min(p + 1, W), or p + 1 without a window
+    (itself and everything before it that the window keeps). Ints or integer tensors."""
+    if window is None:
+        return position + 1
+    if isinstance(position, torch.Tensor):
+        return (position + 1).clamp(max=window)
+    return min(position + 1, window)
+
+
+def oldest_visible(position, window: int | None):
+    """The oldest position a query at `position` sees: position + 1 - keys_per_query."""
+    return position + 1 - keys_per_query(position, window)
+
+
 def receptive_field(n_layers: int, window: int) -> int:
     """How many positions back the last layer's output can depend on: n_layers * (W - 1)."""
     return n_layers * (window - 1)
 
 
 def visible_pairs(n: int, window: int | None) -> int:
-    """(query, key) pairs of a length-n sequence that `visible` allows: sum over p of
-    min(p + 1, W) -- n(n+1)/2 causal, about n * W with a window. The work of attention."""
+    """(query, key) pairs of a length-n sequence that `visible` allows: the sum over p of
+    keys_per_query(p, W) -- n(n+1)/2 causal, about n * W with a window. The work of attention."""
     if window is None or window >= n:
         return n * (n + 1) // 2
     return window * (window + 1) // 2 + (n - window) * window

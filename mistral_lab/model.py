@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from . import ops, trace
-from .backends import get_backend
+from . import ops
+from .backends import for_layer, get_backend
 from .cache import KVCache, LayerCache
 from .config import ModelArgs
+from .tokens import check_batch, lengths_of
 
 
 class RMSNorm(nn.Module):
@@ -37,7 +37,7 @@ class Attention(nn.Module):
         self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
 
-    def forward(self, x, positions, rope, backend, cache: LayerCache | None, layer: int):
+    def forward(self, x, positions, rope, backend, cache: LayerCache | None):
         B, T, _ = x.shape
         a = self.args
         q = self.wq(x).view(B, T, a.n_heads, a.head_dim)  # (B, T, H, D)
@@ -45,22 +45,14 @@ class Attention(nn.Module):
         v = self.wv(x).view(B, T, a.n_kv_heads, a.head_dim)
         q, k = ops.apply_rope(q, rope), ops.apply_rope(k, rope)
         W = a.sliding_window
-        tr = trace.active()
-        tr = tr if tr is not None and tr.wants_attention(layer) else None
         if cache is None:
             out = backend.prefill(q, k, v, positions, W)
-            seen = (k, v, positions) if tr else None
         elif T == 1:  # decode: write, then attend over the buffer in place
             backend.write(cache, k, v, positions)
             out = backend.decode(q, positions, cache, W)
-            seen = cache.readable() if tr else None
         else:  # pre-fill chunk: attend over [cache + chunk], then write
-            seen = cache.with_chunk(k, v, positions) if tr else None  # a copy, taken before the write
             out = backend.chunk(q, k, v, positions, cache, W)
             backend.write(cache, k, v, positions)
-        if tr:  # what the backend was handed: q and the keys, values, positions it attended over
-            tr.add_attention(layer, "prefill" if cache is None else "decode" if T == 1 else "chunk",
-                             q, positions, *seen, W, out)
         return self.wo(out.reshape(B, T, a.n_heads * a.head_dim))
 
 
@@ -72,7 +64,7 @@ class FeedForward(nn.Module):
         self.w3 = nn.Linear(args.dim, args.hidden_dim, bias=False)  # up
 
     def forward(self, x):
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return ops.swiglu(x, self.w1.weight, self.w2.weight, self.w3.weight)
 
 
 class TransformerBlock(nn.Module):
@@ -83,8 +75,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
-    def forward(self, x, positions, rope, backend, cache, layer):
-        h = x + self.attention(self.attention_norm(x), positions, rope, backend, cache, layer)
+    def forward(self, x, positions, rope, backend, cache):
+        h = x + self.attention(self.attention_norm(x), positions, rope, backend, cache)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -126,8 +118,8 @@ class Transformer(nn.Module):
         position -1, never written to the cache, never attended.
         """
         B, T = tokens.shape
-        check_tokens(tokens, self.args.vocab_size)
-        n = _lengths(lengths, B, T)
+        check_batch(tokens, self.args.vocab_size)
+        n = lengths_of(lengths, B, T)
         if cache is None:
             t = torch.arange(T)
             positions = (t.expand(B, T) if lengths is None else torch.where(t < n[:, None], t, -1)).to(tokens.device)
@@ -150,30 +142,7 @@ class Transformer(nn.Module):
         rope = ops.rope_frequencies(positions, self.args.head_dim, self.args.rope_theta)  # (B, T, D/2) complex
         h = x
         for i, layer in enumerate(self.layers[:n_layers]):
-            h = layer(h, positions, rope, self._backend, None if cache is None else cache.layer(i), i)
+            # for_layer: the backend itself, or inside trace.record() a wrapper that records this layer's calls
+            h = layer(h, positions, rope, for_layer(self._backend, i), None if cache is None else cache.layer(i))
         return h  # (B, T, dim)
 
-
-def _lengths(lengths, B: int, T: int) -> torch.Tensor:
-    """Real tokens per row as a (B,) host tensor, checked: 0 <= length <= T."""
-    if lengths is None:
-        return torch.full((B,), T, dtype=torch.long)
-    n = torch.as_tensor(lengths).cpu()
-    if n.dtype.is_floating_point or n.dtype == torch.bool or n.shape != (B,):
-        raise ValueError(f"lengths must be {B} integers (real tokens per row), got {lengths!r}")
-    if bool((n < 0).any()) or bool((n > T).any()):
-        raise ValueError(f"lengths must lie in 0..{T} (the row length), got {n.tolist()}")
-    return n.long()
-
-
-def check_tokens(tokens: torch.Tensor, vocab_size: int) -> None:
-    if tokens.dim() != 2:
-        raise ValueError(f"tokens must be a (batch, length) tensor, got shape {tuple(tokens.shape)}")
-    if tokens.shape[1] == 0:
-        raise ValueError("the input is empty: give at least one token (e.g. the BOS token)")
-    if tokens.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"tokens must be integer ids, got dtype {tokens.dtype}")
-    lo, hi = int(tokens.min()), int(tokens.max())
-    if lo < 0 or hi >= vocab_size:
-        bad = lo if lo < 0 else hi
-        raise ValueError(f"token id {bad} is outside the vocabulary [0, {vocab_size}): check the tokenizer matches the model")

@@ -99,6 +99,11 @@ def attention(
     return out.view(B, K, G, T, D).permute(0, 3, 1, 2, 4).reshape(B, T, H, D)
 
 
+def swiglu_gate(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up: the gated inner activation, from the two projections W1 x and W3 x."""
+    return F.silu(gate) * up
+
+
 def swiglu(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor) -> torch.Tensor:
     """W2 (silu(W1 x) * W3 x): the gated feed-forward of Llama and Mistral."""
-    return F.linear(F.silu(F.linear(x, w1)) * F.linear(x, w3), w2)
+    return F.linear(swiglu_gate(F.linear(x, w1), F.linear(x, w3)), w2)

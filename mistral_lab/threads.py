@@ -1,43 +1,35 @@
 """How many CPU threads torch should use, and a block that uses them and then restores.
 
     from mistral_lab import threads
-    threads.choose()                  # ThreadChoice(n=1, source='default (small-model decode)')
-    with threads.limited():           # torch.set_num_threads(1) inside, the caller's setting after
+    threads.choose()                  # ThreadChoice(n=1, source='default (one thread)')
+    with threads.limited(model=model):   # one thread for a small model, every CPU for a large one
         ml.generate(model, ids, 300)
     with threads.limited(4): ...      # an explicit number always wins
 
-Why one thread by default. A decode step of the shipped model (6 layers, dim 256) is a
-few dozen small matrix-vector products; splitting each across threads costs more in
-hand-offs than it saves, and when another process is busy on the same cores each
-hand-off waits for a core the scheduler has given away: the threads then collapse.
-Measured 2026-11-25 on this project's 2-vCPU Intel Xeon VM (shared with other work:
-1-minute load average 5.7-6.6 around the run), shipped model, 300 new tokens, medians of
-two runs (`bench classroom`, benchmarks/classroom.json; docs/TEACHING.md has the rest):
-
-    decode tokens/s                   1 thread   2 threads
-    Python API, host's own load          429        11
-    CLI generate, host's own load        420         5.5   (wall 3.7 s vs 59 s)
-    Python API, + our busy process       230         8.4
-    CLI generate, + our busy process     175        12     (wall 10 s vs 75 s)
-
-On a quiet host two threads win (the committed classroom run, load 1.2: API 667 tok/s
-with 2 threads vs 462 with 1, CLI 533 vs 423), but one other busy process drops them to
-79 (CLI 66) while one thread keeps 433 (413): one thread gives up at most 1.4x and never
-collapses, which is what a shared classroom machine needs.
+Why one thread by default. The shipped model's work -- a decode step, a pre-fill chunk,
+a training step -- is a few dozen matrix products of a 256-wide model: splitting each
+across threads saves little, and when another process is busy on the same cores (a
+classroom, a shared laptop, CI) each hand-off between threads waits for a core the
+scheduler gave away, and the threads collapse: scoring 40 KB of text took 142.7 s with
+two threads beside one busy process against 10.2 s with one. `python -m mistral_lab
+bench threads` measures every kind of work (scoring, pre-fill, decode, a training step)
+at one thread and at every usable CPU, on an idle machine and beside a busy process
+(benchmarks/threads.json; tests/test_threads.py holds the defaults to it): one thread
+gives up some speed on an idle machine and never collapses on a shared one.
 
 Order of precedence (first that applies):
   1. an explicit argument (`choose(3)`, `limited(3)`, `--threads 3`);
   2. OMP_NUM_THREADS, then MKL_NUM_THREADS, from the environment (a hub that sets them
      means it), capped at the CPUs this process may use;
-  3. the default for the kind of work: "decode" (a small model, one token at a time)
-     takes 1; "compute" (pre-fill, scoring, training, a 7B) takes every usable CPU.
+  3. the default for the kind: "one" (a small model, any work) takes 1; "all" (a large
+     model such as the 7B, whose products are big enough to split) takes every usable CPU.
 
 "Usable CPUs" is the smaller of the CPU affinity (os.sched_getaffinity: taskset, a
 container's cpuset) and the cgroup CPU quota (/sys/fs/cgroup/cpu.max, or cgroup v1's
 cpu.cfs_quota_us): a JupyterHub pod limited to 2 CPUs on a 64-core node sees 64 cores in
 os.cpu_count() but gets 2 CPUs of time; 64 threads there would collapse.
 
-Nothing happens at import: only `limited` (and `apply`) change torch's setting.
+Nothing happens at import: only `limited` and `apply` change torch's setting.
 """
 from __future__ import annotations
 
@@ -48,10 +40,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-KINDS = ("decode", "compute")
+import torch
+
+KINDS = ("one", "all")
 ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 CGROUP_V2 = Path("/sys/fs/cgroup/cpu.max")
 CGROUP_V1 = Path("/sys/fs/cgroup/cpu")
+# Below this many parameters a model's products are too small to split across threads (the
+# shipped model: 6.6M; Mistral 7B: 7.2B).
+SMALL_MODEL_PARAMS = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -111,50 +108,46 @@ def _env_threads(environ) -> tuple[int, str] | None:
     return None
 
 
-def choose(n: int | None = None, *, kind: str = "decode", environ=None, cpus: int | None = None) -> ThreadChoice:
-    """The thread count for this kind of work (see the module docstring for the order)."""
+def choose(n: int | None = None, *, kind: str = "one", environ=None, cpus: int | None = None) -> ThreadChoice:
+    """The thread count for this kind of work (see the module docstring for the order).
+    An explicit n above the usable CPUs is capped too: more threads than cores only wait."""
     if kind not in KINDS:
         raise ValueError(f"unknown kind of work {kind!r}: use one of {', '.join(KINDS)}")
+    cpus = usable_cpus() if cpus is None else cpus
     if n is not None:
         if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
             raise ValueError(f"threads must be a positive integer, got {n!r}")
+        if n > cpus:
+            return ThreadChoice(cpus, f"argument {n}, capped at {cpus} usable CPUs")
         return ThreadChoice(n, "argument")
-    cpus = usable_cpus() if cpus is None else cpus
     env = _env_threads(os.environ if environ is None else environ)
     if env is not None:
         # capped: a hub image often sets OMP_NUM_THREADS to the node's cores, not the pod's
         return ThreadChoice(min(env[0], cpus), env[1] + (f", capped at {cpus} usable CPUs" if env[0] > cpus else ""))
-    if kind == "decode":
-        return ThreadChoice(1, "default (small-model decode: one thread)")
-    return ThreadChoice(cpus, f"default (compute: {cpus} usable CPUs)")
+    if kind == "one":
+        return ThreadChoice(1, "default (one thread)")
+    return ThreadChoice(cpus, f"default (all {cpus} usable CPUs)")
 
 
-def apply(n: int | None = None, *, kind: str = "decode") -> ThreadChoice:
-    """Set torch's intra-op threads by the policy, for good (a script's first line)."""
-    import torch
+def kind_for(model) -> str:
+    """"one" for a small model (one thread by default), "all" for a large one; `model` is a
+    module or its number of parameters."""
+    params = model if isinstance(model, int) else sum(p.numel() for p in model.parameters())
+    return "one" if params < SMALL_MODEL_PARAMS else "all"
 
+
+def apply(n: int | None = None, *, kind: str = "one") -> ThreadChoice:
+    """Set torch's intra-op threads by the policy, for good (a notebook's first cell)."""
     choice = choose(n, kind=kind)
     torch.set_num_threads(choice.n)
     return choice
 
 
-# Below this many parameters a decode step is a few dozen small matrix-vector products
-# (the shipped model: 6.6M): splitting them costs more in hand-offs than it saves.
-SMALL_MODEL_PARAMS = 100_000_000
-
-
-def kind_for(model) -> str:
-    """"decode" (one thread by default) for a small model, "compute" for a large one."""
-    return "decode" if sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS else "compute"
-
-
 @contextmanager
-def limited(n: int | None = None, *, kind: str = "decode") -> Iterator[ThreadChoice]:
+def limited(n: int | None = None, *, kind: str | None = None, model=None) -> Iterator[ThreadChoice]:
     """torch.set_num_threads(policy) inside the block; the caller's own setting after it,
-    also when the block raises."""
-    import torch
-
-    choice = choose(n, kind=kind)
+    also when the block raises. kind: "one" or "all"; default: kind_for(model), or "one"."""
+    choice = choose(n, kind=kind or (kind_for(model) if model is not None else "one"))
     before = torch.get_num_threads()
     torch.set_num_threads(choice.n)
     try:
@@ -163,4 +156,5 @@ def limited(n: int | None = None, *, kind: str = "decode") -> Iterator[ThreadCho
         torch.set_num_threads(before)
 
 
-__all__ = ["KINDS", "ThreadChoice", "apply", "cgroup_cpu_limit", "choose", "limited", "usable_cpus"]
+__all__ = ["KINDS", "SMALL_MODEL_PARAMS", "ThreadChoice", "apply", "cgroup_cpu_limit", "choose", "kind_for",
+           "limited", "usable_cpus"]

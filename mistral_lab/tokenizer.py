@@ -21,6 +21,8 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from .tokens import id_list
+
 # The guardrail system prompt of the Mistral 7B paper (section 5).
 GUARDRAIL_PROMPT = (
     "Always assist with care, respect, and truth. Respond with utmost utility yet securely. "
@@ -76,7 +78,7 @@ class Tokenizer:
         return [self.bos_id] * bos + self.sp.encode(text) + [self.eos_id] * eos
 
     def _check(self, ids) -> list[int]:
-        ids = [int(i) for i in ids]  # accepts lists, tuples, 1-D tensors and arrays
+        ids = id_list(ids)  # lists, tuples, 1-D tensors and arrays of integers; never a float or bool cast
         for i in ids:
             if not 0 <= i < self.vocab_size:
                 raise ValueError(f"token id {i} is outside the vocabulary [0, {self.vocab_size}): "
@@ -204,63 +206,3 @@ def format_chat_text(messages: list[dict], system_prompt: str | None = None) -> 
     for role, text in _turns(messages, system_prompt):
         out += text + ("</s>" if role == "assistant" else "")
     return out
-
-
-# ---------------------------------------------------------------------------------------
-# Which tokenizer goes with a checkpoint. A model and its tokenizer must match: ids from
-# another tokenizer are silently meaningless (or out of range), so nothing is guessed.
-
-MISTRAL_V1 = "mistral-v1"  # tokenizer=MISTRAL_V1: Mistral 7B v0.1's, from mistral-common
-
-
-def load_tokenizer(path=None, *, tokenizer=None, check: bool = True) -> Tokenizer:
-    """The tokenizer of the checkpoint at `path` (default: the shipped model): its
-    tokenizer.model (or tokenizer.model.v*), or `path` itself when it names such a file.
-
-    tokenizer: the tokenizer to use instead: a .model file, or "mistral-v1" (Mistral 7B
-    v0.1's own, for checkpoints downloaded without theirs). A checkpoint without a
-    tokenizer and no `tokenizer` argument is an error, never a guess. With `check`, the
-    tokenizer's size must equal the checkpoint config's vocab_size."""
-    from . import weights
-
-    if path is None:
-        weights.locate(None)  # the shipped model's own tokenizer (4096 pieces): fail if missing
-        path = weights.default_model_path()
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"tokenizer not found: {path} does not exist (give a checkpoint directory)")
-    if tokenizer is not None:
-        tok = Tokenizer.mistral_v1() if str(tokenizer) == MISTRAL_V1 else Tokenizer(Path(tokenizer).expanduser())
-    elif path.is_file() and path.name.startswith("tokenizer.model"):
-        tok = Tokenizer(path)
-    else:
-        folder = path if path.is_dir() else path.parent
-        found = [f for f in [folder / "tokenizer.model"] + sorted(folder.glob("tokenizer.model.v*")) if f.is_file()]
-        if not found:
-            raise FileNotFoundError(
-                f"{folder} has no tokenizer.model: pass the tokenizer the model was trained with "
-                f"(load_tokenizer(path, tokenizer='path/to/tokenizer.model'), or --tokenizer on the command "
-                f"line; tokenizer='{MISTRAL_V1}' for Mistral 7B v0.1 and its fine-tunes)")
-        tok = Tokenizer(found[0])
-    if check:
-        check_vocab(tok, path)
-    return tok
-
-
-def check_vocab(tok: Tokenizer, path) -> None:
-    """The tokenizer's size must be the vocab_size of the checkpoint at `path` (when `path`
-    is in a checkpoint folder: a bare tokenizer file has nothing to compare with)."""
-    from . import weights
-
-    try:
-        folder, layout = weights.locate(path)
-        _, args, _ = weights.read_config(folder, layout)
-    except (weights.CheckpointError, FileNotFoundError):
-        if Path(path).is_file() and Path(path).name.startswith("tokenizer.model"):
-            return
-        raise
-    if tok.vocab_size != args.vocab_size:
-        raise ValueError(
-            f"the tokenizer {tok.model_file} has {tok.vocab_size} pieces but the model in {folder} has "
-            f"vocab_size {args.vocab_size}: pass the tokenizer the model was trained with "
-            f"(tokenizer=... / --tokenizer)")

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .masks import visible
+
 
 @dataclass(frozen=True)
 class CacheWrite:
@@ -80,22 +82,14 @@ class Trace:
     def overwrites(self) -> list[CacheWrite]:
         return [w for w in self.cache_writes if w.evicted >= 0]
 
-    def add_attention(self, layer: int, kind: str, q, q_pos, k, v, k_pos, window, out) -> None:
-        """Called by model.Attention with what it hands the backend (k, v: all keys read)
-        and what the backend returned."""
-        from .ops import attention_probs
-
-        probs = None
-        if self.probs:
-            qh, kh = q, k
-            if self.heads is not None:  # only the asked query heads, each with its own K/V head
-                G = q.shape[2] // k.shape[2]
-                qh, kh = q[:, :, list(self.heads)], k[:, :, [h // G for h in self.heads]]
-            probs = attention_probs(qh, kh, q_pos, k_pos, window).cpu()
+    def add_attention(self, layer: int, kind: str, q_pos, k_pos, *, probs=None, q=None, k=None, v=None,
+                      out=None) -> None:
+        """Called by backends.Traced with what it handed the real backend (k, v: all keys
+        read), what that returned, and the probabilities when this trace asked for them."""
         kept = [x.detach().clone() if self.qkv else None for x in (q, k, v, out)]
         # copies: the cache's tensors are views that later writes overwrite
         self.attention.append(AttentionCall(layer, kind, q_pos.to("cpu", copy=True), k_pos.to("cpu", copy=True),
-                                            self.heads, probs, *kept))
+                                            self.heads, None if probs is None else probs.cpu(), *kept))
 
     def calls(self, layer: int) -> list[AttentionCall]:
         return [c for c in self.attention if c.layer == layer]
@@ -115,7 +109,8 @@ class Trace:
             h = head if c.heads is None else list(c.heads).index(head)
             p = c.probs[seq, h]  # (Tq, Tk)
             qp, kp = c.q_pos[seq], c.k_pos[seq]
-            ok = (qp[:, None] >= 0) & (kp[None, :] >= 0) & (kp[None, :] <= qp[:, None]) & (p > 0)
+            # keys the query could see (masks.visible without a window: the band's width cuts it) and did weigh
+            ok = (qp[:, None] >= 0) & visible(qp[:, None], kp[None, :], None) & (p > 0)
             i, j = torch.nonzero(ok, as_tuple=True)
             rows.append(qp[i])
             cols.append(qp[i] - kp[j])

@@ -18,7 +18,8 @@ if use_interpreter_if_no_gpu():  # decided before the kernel modules below are i
 from triton.testing import do_bench, do_bench_cudagraph  # noqa: E402
 
 from mistral_lab import ops  # noqa: E402
-from mistral_lab.kernels import bench, decode_attention, swa_attention  # noqa: E402
+from mistral_lab.bench import kernels as bench  # noqa: E402
+from mistral_lab.kernels import decode_attention, swa_attention  # noqa: E402
 
 
 def main(n=16384, window=4096, H=32, K=8, D=128):

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import mistral_lab as ml  # noqa: E402
-from mistral_lab.repeats import copy_losses  # noqa: E402
+from mistral_lab.experiments.copying import copy_losses  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--steps", type=int, default=3000)

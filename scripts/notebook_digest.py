@@ -13,6 +13,7 @@ numbers are. Prints one line per cell whose digest differs.
 from __future__ import annotations
 
 import argparse
+import difflib
 import hashlib
 import json
 import re
@@ -73,12 +74,13 @@ def main() -> int:
         if old is None:
             print(f"{name}: new notebook")
             continue
-        if len(old) != len(cells):
-            print(f"{name}: {len(old)} code cells before, {len(cells)} now")
-        for i, (a, b) in enumerate(zip(old, cells)):
-            if a != b:
-                changed += 1
-                print(f"{name}: code cell {i} differs")
+        # aligned, so that a cell removed or added does not make every later cell "differ"
+        for op, i1, i2, j1, j2 in difflib.SequenceMatcher(a=old, b=cells, autojunk=False).get_opcodes():
+            if op == "equal":
+                continue
+            changed += max(i2 - i1, j2 - j1)
+            what = {"replace": "differs", "delete": "removed", "insert": "added"}[op]
+            print(f"{name}: code cells {i1}-{i2 - 1} before, {j1}-{j2 - 1} now: {what}")
     print(f"{changed} code cells differ", file=sys.stderr)
     return 1 if changed else 0
 

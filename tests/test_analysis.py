@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import mistral_lab as ml
-from mistral_lab.analysis import influence, influence_by_layer, reach
+from mistral_lab.experiments.influence import influence, influence_by_layer, reach
 
 
 def _check_span(rows: torch.Tensor, position: int, window: int) -> None:
@@ -54,7 +54,7 @@ def test_influence_rejects_bad_layer():
 
 
 def test_receptive_field_shipped_model():
-    from mistral_lab.weights import default_model_path
+    from mistral_lab.checkpoints import default_model_path
 
     path = default_model_path()
     if not (path / "model.safetensors").exists():

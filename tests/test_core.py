@@ -7,7 +7,8 @@ import torch.nn.functional as F
 import mistral_lab as ml
 from mistral_lab import ops
 from mistral_lab.cache import KVCache, cache_bytes
-from mistral_lab.generate import prefill, sample, score
+from mistral_lab.generate import prefill, score
+from mistral_lab.sampling import sample
 from mistral_lab.masks import mask_for, visible, window_mask
 
 from tolerances import TOL

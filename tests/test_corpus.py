@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from mistral_lab import corpus
-from mistral_lab.corpus import (
+from mistral_lab.data import corpus
+from mistral_lab.data.corpus import (
     DOC_SEP,
     HELDOUT_WORKS,
     Corpus,

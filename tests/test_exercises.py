@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mistral_lab import exercises as ex
-from mistral_lab.exercises import mistakes, solutions
+from mistral_lab.exercises import checkers, mistakes, solutions
 
 CHECKS = {
     "visible": (ex.check_visible, solutions.visible),
@@ -71,7 +71,7 @@ def test_typical_wrong_answer_fails_with_its_hint(wrong):
 
 
 def test_the_cases_cover_the_edges():
-    names = " / ".join(c.name for c in ex._visible_cases())
+    names = " / ".join(c.name for c in checkers._visible_cases())
     for edge in ("distance W-1", "distance W,", "distance W+1", "future", "position 0", "None", "empty slot"):
         assert edge in names
 

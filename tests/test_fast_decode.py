@@ -6,7 +6,7 @@ import mistral_lab
 from mistral_lab import trace
 from mistral_lab.cache import KVCache
 from mistral_lab.config import preset
-from mistral_lab.fast_decode import DecodeStep, decode_step
+from mistral_lab.engines.fast import DecodeStep, decode_step
 from mistral_lab.generate import generate, prefill
 from mistral_lab.model import Transformer
 
@@ -45,7 +45,7 @@ def test_full_attention_model():
     m = Transformer(preset("tiny").replace(n_layers=2, sliding_window=None)).eval()
     ids = list(range(1, 40))
     with torch.inference_mode():
-        assert DecodeStep.supports(m, m.new_cache())
+        assert DecodeStep.unsupported(m, m.new_cache()) is None
     a, b = generate(m, ids[:3], 36, engine="model"), generate(m, ids[:3], 36, engine="fast")
     assert a.new_tokens == b.new_tokens and max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-4
 
@@ -85,9 +85,9 @@ def test_auto_falls_back_to_the_model_where_the_step_does_not_apply(model):
     small = model.new_cache()
     big = KVCache(model.args, 1, 2 * model.args.sliding_window)  # not the rolling layout
     with torch.inference_mode():
-        assert DecodeStep.supports(model, small) and not DecodeStep.supports(model, big)
-        assert not DecodeStep.supports(model, model.new_cache(batch_size=2))
-    assert not DecodeStep.supports(model, small)  # grad mode on: the step is inference only
+        assert DecodeStep.unsupported(model, small) is None and DecodeStep.unsupported(model, big) is not None
+        assert DecodeStep.unsupported(model, model.new_cache(batch_size=2)) is not None
+    assert DecodeStep.unsupported(model, small) is not None  # grad mode on: the step is inference only
     bf16 = Transformer(model.args).eval().to(torch.bfloat16)  # a bf16 model runs the readable path
     assert len(generate(bf16, prompt, 4).new_tokens) == 4
     with pytest.raises(ValueError, match="fp32 model"):
@@ -120,11 +120,11 @@ def test_packed_step_is_rebuilt_when_weights_change():
 
 
 def test_cpu_decode_benchmark_runs_and_reports_every_contender():
-    from mistral_lab import bench
+    from mistral_lab.bench import cpu_decode as bench
 
     r = bench.cpu_decode(new_tokens=6, repeats=1)
     assert set(r["results"]) == {"mistral_lab_model", "mistral_lab_fast", "mistral_lab_fast_fp16",
                                  "transformers_fp32", "transformers_default"}
     assert r["transformers_default_dtype"] == "float16"  # the shipped checkpoint's dtype
     assert r["same_greedy_tokens_of"]["fast_fp32 vs transformers_fp32"] == 6
-    assert all(v > 0 for v in r["speedups"].values()) and {"date", "torch", "transformers"} <= set(r["environment"])
+    assert all(v > 0 for v in r["speedups"].values()) and r["threads"] >= 1

@@ -13,8 +13,8 @@ hypothesis = pytest.importorskip("hypothesis", reason="pip install -r requiremen
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
 import mistral_lab as ml  # noqa: E402
-from mistral_lab import __main__ as cli, weights  # noqa: E402
-from mistral_lab.weights import CheckpointError  # noqa: E402
+from mistral_lab import __main__ as cli, checkpoints as weights  # noqa: E402
+from mistral_lab.checkpoints import CheckpointError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SPM = ROOT / "assets" / "tokenizer.model"
@@ -119,7 +119,7 @@ def test_command_lines_work_or_fail_in_one_line(checkpoint, tmp_path_factory, ca
 @FAST
 @given(st.text(alphabet=st.characters(codec="utf-8"), max_size=40))
 def test_any_text_encodes_to_ids_the_model_accepts(checkpoint, text):
-    from mistral_lab.tokenizer import load_tokenizer
+    from mistral_lab.checkpoints import load_tokenizer
 
     tok = load_tokenizer(checkpoint)
     ids = tok.encode(text)

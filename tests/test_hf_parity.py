@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import mistral_lab as ml
-from mistral_lab import weights
+from mistral_lab import checkpoints as weights
+from mistral_lab.checkpoints import layouts
 
 transformers = pytest.importorskip("transformers")
 from transformers import MistralConfig, MistralForCausalLM  # noqa: E402
@@ -116,8 +117,8 @@ def test_save_hf_round_trip_and_hf_runs_it(hf, tmp_path):
 def test_permutation_is_hf_conversion_and_invertible():
     w = torch.randn(4 * 16, 64)
     hf_w = w.view(4, 8, 2, 64).transpose(1, 2).reshape(64, 64)  # HF's convert_mistral_weights_to_hf
-    assert torch.equal(weights.permute_for_hf(w, 4), hf_w)
-    assert torch.equal(weights.unpermute_from_hf(hf_w, 4), w)
+    assert torch.equal(layouts.permute_for_hf(w, 4), hf_w)
+    assert torch.equal(layouts.unpermute_from_hf(hf_w, 4), w)
 
 
 # ------------------------------------------------------------- variants of the files

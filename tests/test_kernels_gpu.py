@@ -17,7 +17,7 @@ import mistral_lab  # noqa: E402
 from mistral_lab import ops  # noqa: E402
 from mistral_lab.generate import generate  # noqa: E402
 from mistral_lab.kernels import chunk_attention, decode_attention, triton_backend  # noqa: E402
-from mistral_lab.kernels.bench import rolling_buffer  # noqa: E402
+from mistral_lab.bench.kernels import one_layer_buffer  # noqa: E402
 
 TRI = triton_backend()
 DEV = "cuda"
@@ -49,7 +49,7 @@ def test_prefill_7b_shapes(T, W, dtype):
 def test_chunk_7b_shapes_bf16(p0, T):
     """A chunk over a wrapped 4096-slot buffer, read in place."""
     W, K, D = 4096, 8, 128
-    ck, cv, cpos = rolling_buffer(p0, W, K, D, torch.bfloat16)
+    ck, cv, cpos = one_layer_buffer(p0, W, K, D, torch.bfloat16)
     q, k, v = qkv(1, T, 32, K, D, torch.bfloat16)
     pos = torch.arange(p0, p0 + T, device=DEV)
     out = chunk_attention.chunk_attention(q, k, v, pos, ck, cv, cpos, W)
@@ -63,7 +63,7 @@ def test_chunk_7b_shapes_bf16(p0, T):
 def test_decode_7b_shapes(n, dtype):
     """One query at position n - 1 over the rolling buffer (4096 slots, slot = pos mod 4096)."""
     W, S = 4096, 4096
-    ck, cv, cpos = rolling_buffer(n, S, 8, 128, dtype)
+    ck, cv, cpos = one_layer_buffer(n, S, 8, 128, dtype)
     q = torch.randn(1, 1, 32, 128, device=DEV, dtype=dtype)
     position = torch.tensor([n - 1], device=DEV)
     out = decode_attention.decode_attention(q, ck, cv, cpos, position, W)
@@ -89,7 +89,7 @@ def test_shipped_model_generates_the_same_tokens_on_the_gpu():
 def _static_lockstep(model, prompts, steps, graph):
     """Greedy tokens and logits of StaticDecode (graph or eager) from the same pre-fill."""
     from mistral_lab.generate import prefill
-    from mistral_lab.static_decode import StaticDecode
+    from mistral_lab.engines.static import StaticDecode
 
     lengths = torch.tensor([len(p) for p in prompts])
     ids = torch.zeros(len(prompts), int(lengths.max()), dtype=torch.long, device=DEV)
@@ -127,7 +127,7 @@ def test_static_graph_equals_eager_and_model_fp32(backend):
 def test_static_graph_bf16_7b_layer_shapes():
     """bf16, Mistral 7B's layer shapes (2 layers, small vocab): graph == eager exactly,
     and the readable model's logits within the bf16 tolerance."""
-    from mistral_lab import throughput
+    from mistral_lab.bench import throughput
     from mistral_lab.config import preset
 
     args = preset("mistral-7b-v0.1").replace(n_layers=2, vocab_size=1024)
@@ -145,13 +145,14 @@ def test_static_graph_replay_never_syncs():
     """Replaying the captured step under sync debug mode 'error': any host sync raises."""
     model = mistral_lab.load(device=DEV, dtype=torch.float32)
     from mistral_lab.generate import prefill
-    from mistral_lab.static_decode import WARMUP_STEPS, StaticDecode
+    from mistral_lab.engines.static import WARMUP_STEPS, StaticDecode
+    from mistral_lab.sampling import Sampler
 
     with torch.inference_mode():
         cache = model.new_cache(2)
         token = prefill(model, torch.tensor([[1, 2, 3], [4, 5, 6]], device=DEV), cache).argmax(-1)
-        step = StaticDecode(model, cache, end=200, temperature=0.8, top_p=0.9,
-                            generator=torch.Generator(device=DEV).manual_seed(0))
+        step = StaticDecode(model, cache, end=200,
+                            sampler=Sampler(2, temperature=0.8, top_p=0.9, seed=0, device=DEV))
         running = torch.ones(2, dtype=torch.bool)
         for _ in range(WARMUP_STEPS + 1):
             token, _ = step(token, running)
@@ -169,11 +170,12 @@ def test_static_graph_replay_never_syncs():
 
 def test_generate_auto_takes_the_static_graph_on_cuda():
     model = mistral_lab.load(device=DEV, dtype=torch.float32)
-    from mistral_lab.generate import _decode_step
-    from mistral_lab.static_decode import StaticDecode
+    from mistral_lab.engines import choose
+    from mistral_lab.engines.static import StaticDecode
+    from mistral_lab.sampling import Sampler
 
     with torch.inference_mode():
-        assert isinstance(_decode_step(model, model.new_cache(4), "auto", end=100), StaticDecode)
+        assert isinstance(choose(model, model.new_cache(4), "auto", Sampler(4, device=DEV), end=100), StaticDecode)
     tok = mistral_lab.load_tokenizer()
     prompt = tok.encode("ROMEO:")
     assert generate(model, prompt, 100).new_tokens == generate(model, prompt, 100, engine="model").new_tokens

@@ -18,9 +18,12 @@ import pytest
 import torch
 
 import mistral_lab as ml
-from mistral_lab import corpus, files, train as train_mod, weights
-from mistral_lab.train import TrainConfig, read_log, train
-from mistral_lab.weights import CheckpointError
+from mistral_lab import checkpoints as weights
+from mistral_lab.checkpoints import saving
+from mistral_lab.data import corpus
+from mistral_lab.training import runs
+from mistral_lab.training.train import TrainConfig, read_log, train
+from mistral_lab.checkpoints import CheckpointError
 
 ROOT = Path(__file__).resolve().parent.parent
 ARGS = ml.ModelArgs(dim=32, n_layers=2, head_dim=8, hidden_dim=48, n_heads=4, n_kv_heads=2, vocab_size=50,
@@ -78,7 +81,7 @@ def test_full_disk_at_any_moment_keeps_the_previous_model(tmp_path, monkeypatch,
             def partial(f, tensors, meta):
                 f.write(b"\0" * 100)
                 raise OSError(errno.ENOSPC, "No space left on device")
-            monkeypatch.setattr(weights, "write_safetensors", partial)
+            monkeypatch.setattr(saving, "write_safetensors", partial)
         else:  # the k-th fsync or rename of the save (files.os is os: every write is covered)
             monkeypatch.setattr(os, target, Boom(getattr(os, target), k))
         failed = False
@@ -265,17 +268,17 @@ def test_out_refusals_and_overwrite(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "train_log.jsonl").write_text("")
     with pytest.raises(FileExistsError, match=r"holds a training run: continue it with --resume"):
-        train_mod.prepare_out(tmp_path / "run")
+        runs.prepare_out(tmp_path / "run")
     with pytest.raises(FileNotFoundError, match=r"checkpoint\.pt does not exist: there is no run to resume"):
-        train_mod.prepare_out(tmp_path / "run", resume=True)
+        runs.prepare_out(tmp_path / "run", resume=True)
     with pytest.raises(ValueError, match="choose one"):
-        train_mod.prepare_out(tmp_path / "run", resume=True, overwrite=True)
-    train_mod.prepare_out(tmp_path / "run", overwrite=True)
+        runs.prepare_out(tmp_path / "run", resume=True, overwrite=True)
+    runs.prepare_out(tmp_path / "run", overwrite=True)
     assert not (tmp_path / "run" / "train_log.jsonl").exists()
     (tmp_path / "file").write_text("x")
     with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
-        train_mod.prepare_out(tmp_path / "file")
-    train_mod.prepare_out(tmp_path / "new" / "deeper")  # a new folder: fine
+        runs.prepare_out(tmp_path / "file")
+    runs.prepare_out(tmp_path / "new" / "deeper")  # a new folder: fine
 
 
 def test_cli_resume_continues_and_refuses_other_settings(tmp_path, data_dir, capsys):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import mistral_lab as ml
-from mistral_lab import corpus
+from mistral_lab.data import corpus
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 pytestmark = pytest.mark.skipif(not (ASSETS / "model").is_dir(), reason="assets/model is not built")

@@ -6,10 +6,12 @@ from torch.overrides import TorchFunctionMode
 
 from mistral_lab import trace
 from mistral_lab.config import preset
-from mistral_lab.fast_decode import DecodeStep
-from mistral_lab.generate import _decode_step, generate, prefill
+from mistral_lab.engines import FastStep, ModelStep
+from mistral_lab.engines import choose
+from mistral_lab.generate import generate, prefill
 from mistral_lab.model import Transformer
-from mistral_lab.static_decode import StaticDecode
+from mistral_lab.sampling import Sampler
+from mistral_lab.engines.static import StaticDecode
 
 from tolerances import TOL
 
@@ -167,7 +169,7 @@ def test_sampling_on_the_device():
     with torch.inference_mode():  # every pick lies in the top 3 of its step's logits, and it varies
         cache = model.new_cache(2)
         prefill(model, torch.tensor([[1, 2, 3], [4, 5, 0]]), cache, lengths=torch.tensor([3, 2]))
-        step = StaticDecode(model, cache, temperature=2.0, top_k=3, generator=torch.Generator().manual_seed(0))
+        step = StaticDecode(model, cache, sampler=Sampler(2, temperature=2.0, top_k=3, seed=0))
         token, ranks = torch.tensor([3, 5]), []
         for _ in range(40):
             token, _ = step(token, torch.ones(2, dtype=torch.bool))
@@ -180,9 +182,9 @@ def test_sampling_on_the_device():
 def test_engine_choice_and_errors():
     model = tiny()
     with torch.inference_mode():  # on the CPU auto keeps the lean step at batch 1, the model above it
-        assert isinstance(_decode_step(model, model.new_cache(1), "auto", end=10), DecodeStep)
-        assert _decode_step(model, model.new_cache(3), "auto", end=10) is None
-        assert isinstance(_decode_step(model, model.new_cache(3), "static", end=10), StaticDecode)
+        assert isinstance(choose(model, model.new_cache(1), "auto", Sampler(1), end=10), FastStep)
+        assert isinstance(choose(model, model.new_cache(3), "auto", Sampler(3), end=10), ModelStep)
+        assert isinstance(choose(model, model.new_cache(3), "static", Sampler(3), end=10), StaticDecode)
         with pytest.raises(ValueError, match="a full cache needs its final size"):
             StaticDecode(model, model.new_cache(1, full=True))
         with pytest.raises(ValueError, match="a CUDA graph needs the cache on a CUDA device"):

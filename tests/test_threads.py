@@ -10,9 +10,12 @@ import torch
 from mistral_lab import threads
 
 
-def test_explicit_argument_wins():
-    c = threads.choose(3, environ={"OMP_NUM_THREADS": "1"}, cpus=2)
+def test_explicit_argument_wins_up_to_the_usable_cpus():
+    c = threads.choose(3, environ={"OMP_NUM_THREADS": "1"}, cpus=4)
     assert (c.n, c.source) == (3, "argument")
+    for huge in (5, 100_000):  # more threads than cores only wait (100,000 crashed OpenMP)
+        c = threads.choose(huge, cpus=4)
+        assert c.n == 4 and "capped at 4 usable CPUs" in c.source
     for bad in (0, -1, 1.5, "2", True):
         with pytest.raises(ValueError, match="positive integer"):
             threads.choose(bad)
@@ -30,10 +33,12 @@ def test_environment_wins_over_the_default_and_is_capped():
 
 
 def test_defaults_per_kind():
-    assert threads.choose(environ={}, cpus=8).n == 1  # small-model decode
-    assert threads.choose(kind="compute", environ={}, cpus=8).n == 8
+    assert threads.choose(environ={}, cpus=8).n == 1  # a small model, any work
+    assert threads.choose(kind="all", environ={}, cpus=8).n == 8
     with pytest.raises(ValueError, match="kind"):
         threads.choose(kind="prefill")
+    assert threads.kind_for(6_622_464) == "one" and threads.kind_for(7_241_732_096) == "all"
+    assert threads.kind_for(torch.nn.Linear(4, 4)) == "one"
 
 
 def test_cgroup_quota(tmp_path):
@@ -80,11 +85,13 @@ def test_no_side_effect_at_import():
 
 
 def test_classroom_workers_apply_the_policy():
-    from mistral_lab import classroom
+    from mistral_lab.bench import classroom
 
     r = classroom.run_group(2, "ours", 4)
     assert r["processes"] == 2 and r["tokens_each"] == 4 and len(r["seconds"]) == 2
-    assert r["threads_per_process"] == [threads.choose().n]
+    assert r["threads_per_process"] == [1]  # read back from torch inside each worker's generation
+    r = classroom.run_group(1, "ours", 4, threads=2)
+    assert r["threads_per_process"] == [min(2, threads.usable_cpus())]
     assert r["aggregate_tokens_per_s"] > 0 and r["peak_rss_mib_max"] > 0
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import mistral_lab as ml
-from mistral_lab.train import TrainConfig, lr_at, train
+from mistral_lab.training.train import TrainConfig, lr_at, train
 
 
 def test_training_is_reproducible_and_learns(tmp_path):

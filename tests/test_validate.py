@@ -7,10 +7,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import mistral_lab as ml
-from mistral_lab import weights
+from mistral_lab import checkpoints as weights
 from mistral_lab.config import MAX_SIZE, check_fits
-from mistral_lab.train import TrainConfig
-from mistral_lab.weights import CheckpointError
+from mistral_lab.training.train import TrainConfig
+from mistral_lab.checkpoints import CheckpointError
 
 ARGS = ml.ModelArgs(dim=32, n_layers=2, head_dim=8, hidden_dim=48, n_heads=4, n_kv_heads=2, vocab_size=50,
                     sliding_window=4)

@@ -15,6 +15,9 @@ from mistral_lab.masks import receptive_field, visible_pairs, window_mask  # noq
 from mistral_lab.viz import cache as vc  # noqa: E402
 from mistral_lab.viz import escape_label  # noqa: E402
 from mistral_lab.viz import gqa, kernels as kviz, masks as vm, memory, prefill as vp, receptive as vr  # noqa: E402
+from mistral_lab.experiments import prefill as xp  # noqa: E402
+from mistral_lab.experiments import memory as xm  # noqa: E402
+from mistral_lab.experiments import gqa as xg  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # Pieces that plotly would swallow as tags or entities if shown raw.
@@ -102,23 +105,23 @@ def test_receptive_field_figures_use_the_definition():
 
 def test_gqa_decode_bytes_are_cache_bytes():
     args = ml.preset("mistral-7b-v0.1")
-    d = gqa.decode_kv_bytes(args, 32768)
+    d = xg.decode_kv_bytes(args, 32768)
     assert list(d.values()) == [4 * 2**29, 2**29, 2**29 // 8]  # MHA, GQA (8 KV heads), MQA over 4096 slots
     assert d["GQA (8 KV heads)"] == cache_bytes(args, 32768, rolling=True)
 
 
 def test_memory_for_chunk_cache_is_the_real_buffer():
     cache = KVCache(TINY, dtype=torch.float32)
-    row = vp.memory_for_chunk(TINY, 16)
+    row = xp.memory_for_chunk(TINY, 16)
     assert row["cache"] == cache.nbytes == cache_bytes(TINY, 10**6, rolling=True, bytes_per_element=4)
     assert row["scores"] == TINY.n_heads * 16 * (TINY.sliding_window + 16) * 4
     with pytest.raises(ValueError, match="sliding window"):
-        vp.memory_for_chunk(TINY.replace(sliding_window=None), 16)
+        xp.memory_for_chunk(TINY.replace(sliding_window=None), 16)
 
 
 def test_measured_figure_keeps_both_caches_readable():
-    run = memory.PrefillRun("rolling buffer", tokens=[8, 16], nbytes=[1000, 1000])
-    big = memory.PrefillRun("full cache", tokens=[8, 16], nbytes=[10**6, 2 * 10**6])
+    run = xm.PrefillRun("rolling buffer", tokens=[8, 16], nbytes=[1000, 1000])
+    big = xm.PrefillRun("full cache", tokens=[8, 16], nbytes=[10**6, 2 * 10**6])
     fig = memory.measured_figure([run, big], TINY)
     assert fig.layout.yaxis.type == "log" and all(y > 0 for tr in fig.data for y in tr.y)
 
@@ -174,24 +177,24 @@ def test_chunk_explorer_clamps_the_index_before_drawing():
 def test_kernel_plots_name_and_colour_each_method_once():
     ours = [dict(N=n, impl=i, ms=1.0 + k) for n in (4096, 32768) for k, i in enumerate(kviz.METHOD_NAMES)]
     a = kviz.prefill_bench_figure(ours, "ours")
-    b = kviz.prefill_bench_figure(kviz.peer_rows(), "peers")
-    colour = {tr.name: tr.line.color for fig in (a, b) for tr in fig.data}
+    colour = {tr.name: tr.line.color for tr in a.data}
     assert set(colour) == set(kviz.METHOD_COLOURS) and colour == kviz.METHOD_COLOURS
-    assert list(a.layout.xaxis.ticktext) == ["4K", "32K"] and list(b.layout.xaxis.ticktext) == ["4K", "8K", "16K", "32K"]
+    assert list(a.layout.xaxis.ticktext) == ["4K", "32K"]
     assert kviz.tokens_tick(1000) == "1,000" and kviz.tokens_tick(16384) == "16K"
 
 
 def test_benchmark_json_round_trip(tmp_path):
-    """What kernels.bench writes is what notebook 07 reads: device, rows, the summary."""
-    from mistral_lab.kernels import bench
+    """What bench attention writes (files.write_result) is what notebook 07 reads: device, rows, the summary."""
+    from mistral_lab import files
+    from mistral_lab.bench import kernels as bench
 
     rows = bench._add_ratios([
         dict(kind="prefill", N=4096, impl="triton_swa", ms=0.5, tflops=1.0, window=4096, heads=32, kv_heads=8,
              head_dim=128, dtype="bfloat16", batch=1),
         dict(kind="prefill", N=4096, impl="sdpa_causal", ms=1.0, tflops=0.5, window=4096, heads=32, kv_heads=8,
              head_dim=128, dtype="bfloat16", batch=1)])
-    doc = bench.write_json(rows, tmp_path / "bench.json")
-    assert {"date", "torch", "python", "device", "rows"} <= set(doc)
+    doc = files.write_result(tmp_path / "bench.json", "attention", {"device": "a GPU", "rows": rows}, command="test")
+    assert {"date", "commit", "command", "environment", "device", "rows", "digest"} <= set(doc)
     back = kviz.load_benchmarks(tmp_path)
     assert [r["impl"] for r in back] == ["triton_swa", "sdpa_causal"] and back[0]["device"] == doc["device"]
     assert "2.00x" in kviz.benchmark_summary(back)

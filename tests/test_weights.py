@@ -11,8 +11,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import mistral_lab as ml
-from mistral_lab import weights
-from mistral_lab.weights import CheckpointError
+from mistral_lab import checkpoints as weights
+from mistral_lab.data import assets
+from mistral_lab.checkpoints import CheckpointError
 
 ARGS = ml.ModelArgs(dim=32, n_layers=2, head_dim=8, hidden_dim=48, n_heads=4, n_kv_heads=2,
                     vocab_size=50, sliding_window=4)
@@ -50,7 +51,7 @@ def test_missing_path(tmp_path):
 
 
 def test_missing_shipped_model(tmp_path, monkeypatch):
-    monkeypatch.setattr(weights, "default_model_path", lambda: tmp_path / "assets" / "model")
+    monkeypatch.setattr(assets, "ASSETS", tmp_path / "assets")  # a checkout whose assets/ lost the model
     with pytest.raises(FileNotFoundError, match=r"shipped model is missing: .*python -m mistral_lab train"):
         weights.load()
     with pytest.raises(FileNotFoundError, match=r"shipped model is missing"):
@@ -255,7 +256,7 @@ def test_legacy_configs(tmp_path, model):
 def test_tokenizer_beside_checkpoint(tmp_path, model):
     """The tokenizer.model in the folder; a checkpoint without one is an error naming the
     way out (never Mistral's 32000-piece tokenizer in silence); sizes must agree."""
-    from mistral_lab.tokenizer import load_tokenizer
+    from mistral_lab.checkpoints import load_tokenizer
 
     small = ROOT / "assets" / "tokenizer.model"  # 4096 pieces
     weights.save(model.__class__(ARGS.replace(vocab_size=4096)), tmp_path / "own", tokenizer_file=small)
@@ -285,7 +286,7 @@ def test_loading_never_touches_the_network(tmp_path, model):
 import socket, sys
 def refuse(*a, **k): raise AssertionError("network access")
 socket.socket.connect = socket.socket.connect_ex = socket.create_connection = refuse
-from mistral_lab import weights
+from mistral_lab import checkpoints as weights
 for d in ("own", "orig", "hf"):
     weights.load({str(tmp_path)!r} + "/" + d)
 bad = [m for m in ("transformers", "huggingface_hub", "requests", "urllib3") if m in sys.modules]

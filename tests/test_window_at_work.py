@@ -1,7 +1,6 @@
 """What the window really remembers: the full-attention twin, the retrieval probe, the
 copy measurements and the explicit opt-in to run weights under a window they were not
 trained with (notebook 09)."""
-import json
 import math
 import warnings
 from pathlib import Path
@@ -11,8 +10,13 @@ import pytest
 import torch
 
 import mistral_lab as ml
-from mistral_lab import context_use, passkey, repeats
-from mistral_lab.train import TrainConfig, batches
+from mistral_lab.data import passkey as task
+from mistral_lab.data import repeats
+from mistral_lab.data.assets import heldout_stream
+from mistral_lab.experiments import context_use, copying
+from mistral_lab.experiments.passkey import accuracy_by_distance, answer_logits
+from mistral_lab.training import probe as probe_training
+from mistral_lab.training.train import TrainConfig, batches
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -24,7 +28,7 @@ def probe():
 
 @pytest.fixture(scope="module")
 def stream():
-    return context_use.heldout_stream()
+    return heldout_stream()
 
 
 def test_assets_fit_the_budget():
@@ -68,7 +72,7 @@ def test_the_twin_loses_more_than_the_swa_model_past_its_training_length(stream)
 
 def test_probe_retrieves_inside_the_window(probe):
     W = probe.args.sliding_window
-    r = passkey.accuracy_by_distance(probe, range(1, W), n=128)
+    r = accuracy_by_distance(probe, range(1, W), n=128)
     assert min(r["accuracy"]) >= 0.95, r
 
 
@@ -77,37 +81,37 @@ def test_probe_is_at_chance_beyond_the_receptive_field(probe):
     exactly those of any other passkey, so the accuracy is chance (1/16) up to sampling."""
     bound = ml.receptive_field(probe.args.n_layers, probe.args.sliding_window)
     assert bound == 60
-    r = passkey.accuracy_by_distance(probe, [bound + 1, 90, 120, passkey.MAX_DISTANCE], n=512)
-    chance = 1 / passkey.N_VALUES
+    r = accuracy_by_distance(probe, [bound + 1, 90, 120, task.MAX_DISTANCE], n=512)
+    chance = 1 / task.N_VALUES
     assert all(abs(a - chance) < 0.05 for a in r["accuracy"]), r  # 0.05: over 4 binomial sd at n = 512
-    x, v, _ = passkey.sample(np.random.default_rng(0), 64, bound + 1)
+    x, v, _ = task.sample(np.random.default_rng(0), 64, bound + 1)
     other = x.clone()
-    other[torch.arange(64), passkey.SEQ_LEN - 1 - (bound + 1)] = passkey.VALUE0 + (v - passkey.VALUE0 + 1) % passkey.N_VALUES
+    other[torch.arange(64), task.SEQ_LEN - 1 - (bound + 1)] = task.VALUE0 + (v - task.VALUE0 + 1) % task.N_VALUES
     with torch.inference_mode():
-        assert torch.equal(passkey.answer_logits(probe, x), passkey.answer_logits(probe, other))
+        assert torch.equal(answer_logits(probe, x), answer_logits(probe, other))
         inside = x.clone()
-        inside[:, -1 - bound] = passkey.FILLER0  # a position inside the field does move the answer
-        assert not torch.equal(passkey.answer_logits(probe, x), passkey.answer_logits(probe, inside))
+        inside[:, -1 - bound] = task.FILLER0  # a position inside the field does move the answer
+        assert not torch.equal(answer_logits(probe, x), answer_logits(probe, inside))
 
 
 def test_probe_training_is_deterministic():
-    cfg = passkey.recipe(steps=3)
-    a, log_a = passkey.train(ml.preset("passkey"), cfg, progress=False)
-    b, log_b = passkey.train(ml.preset("passkey"), cfg, progress=False)
+    cfg = probe_training.recipe(steps=3)
+    a, log_a = probe_training.train(ml.preset("passkey"), cfg, progress=False)
+    b, log_b = probe_training.train(ml.preset("passkey"), cfg, progress=False)
     assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
 def test_probe_sequences_hold_one_passkey_at_distance_d():
-    x, v, d = passkey.sample(np.random.default_rng(1), 200)
-    q = passkey.SEQ_LEN - 1
-    assert (x[:, 0] == passkey.BOS).all() and (x[:, q] == passkey.QUERY).all()
-    values = (x >= passkey.VALUE0) & (x < passkey.VALUE0 + passkey.N_VALUES)
+    x, v, d = task.sample(np.random.default_rng(1), 200)
+    q = task.SEQ_LEN - 1
+    assert (x[:, 0] == task.BOS).all() and (x[:, q] == task.QUERY).all()
+    values = (x >= task.VALUE0) & (x < task.VALUE0 + task.N_VALUES)
     assert (values.sum(1) == 1).all()
-    assert torch.equal(x[torch.arange(200), q - d], v) and (x[torch.arange(200), q - d - 1] == passkey.KEY).all()
-    assert d.min() >= 1 and d.max() <= passkey.MAX_DISTANCE
+    assert torch.equal(x[torch.arange(200), q - d], v) and (x[torch.arange(200), q - d - 1] == task.KEY).all()
+    assert d.min() >= 1 and d.max() <= task.MAX_DISTANCE
     with pytest.raises(ValueError, match="distance must lie in 1..157"):
-        passkey.sample(np.random.default_rng(1), 2, 158)
+        task.sample(np.random.default_rng(1), 2, 158)
 
 
 def test_copy_mix_writes_exact_repeats_and_is_reproducible():
@@ -140,26 +144,17 @@ def test_copy_losses_measure_the_occurrences(stream):
     d = span_len the repeat directly follows the span, the first occurrence's loss does
     not depend on d, and the distances are validated."""
     model = ml.load()
-    r = repeats.copy_losses(model, stream, 16, [16, 100], random_ids=True, n=8)
+    r = copying.copy_losses(model, stream, 16, [16, 100], random_ids=True, n=8)
     assert r["first"][0] == r["first"][1] and r["distance"] == [16, 100]
     assert r["first"][0] > math.log(model.args.vocab_size) - 1  # random ids: no better than about uniform
     with pytest.raises(ValueError, match="distances must be >= span_len"):
-        repeats.copy_losses(model, stream, 16, [8], random_ids=True, n=2)
+        copying.copy_losses(model, stream, 16, [8], random_ids=True, n=2)
 
 
 def test_loss_falls_with_the_context_given(stream):
     model = ml.load()
     r = context_use.loss_by_context(model, stream, [1, 16, 63], n=64)
     assert r["loss"][0] > r["loss"][1] + 0.5 and r["loss"][2] < r["loss"][0]
-
-
-def test_committed_sweep_matches_the_shipped_models():
-    doc = json.loads((Path(__file__).resolve().parent.parent / "benchmarks" / "context_use.json").read_text())
-    assert doc["window"] == 64 and doc["receptive_field"] == 378
-    for key in ("swa", "full", "full_through_window"):
-        assert {"loss_by_context", "copy_text", "copy_random", "loss_by_position"} <= set(doc[key])
-    p = doc["passkey"]
-    assert p["bound"] == 60 and min(a for d, a in zip(p["distance"], p["accuracy"]) if d < 16) >= 0.95
 
 
 @pytest.mark.parametrize("args, message", [

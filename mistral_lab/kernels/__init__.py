@@ -7,13 +7,14 @@
     attend.py            the device functions the three attention kernels share
     launch.py            tile sizes from the device, input checks, launch set-up
     counters.py          per-program counters the kernels fill inside mistral_lab.trace()
-    bench.py             GPU timings against FlexAttention and SDPA
+
+(GPU timings against FlexAttention and SDPA: mistral_lab/bench/kernels.py.)
 
 Triton is optional: it has no macOS/Windows wheels. Without a CUDA GPU the kernels run
 in Triton's interpreter (numpy on the CPU, ~150x slower than torch). Whether they do is
 decided in ONE place, use_interpreter_if_no_gpu() below: the package calls it when it is
-imported, tests/conftest.py at the start of a session, the backend and viz.kernels
-before they import a kernel module -- which is when Triton decides between compiling and
+imported, tests/conftest.py at the start of a session, the backend and
+experiments.kernels before they import a kernel module -- which is when Triton decides between compiling and
 interpreting.
 """
 from __future__ import annotations
@@ -21,6 +22,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+
+import torch
 
 _KERNEL_MODULES = ("attend", "launch", "swa_attention", "chunk_attention", "decode_attention", "cache_write")
 
@@ -30,8 +33,6 @@ class TritonUnavailable(RuntimeError):
 
 
 def _has_cuda() -> bool:
-    import torch
-
     return torch.cuda.is_available()
 
 
@@ -65,14 +66,12 @@ def available() -> tuple[bool, str]:
         return False, "Triton is not installed (it has no macOS/Windows wheels): use backend='torch'"
     use_interpreter_if_no_gpu()  # before the import below
     try:
-        import triton  # noqa: F401
+        import triton  # noqa: F401  # lazy: Triton is optional, and must come after the interpreter decision
     except ImportError as e:
         if importlib.util.find_spec("triton") is None:
             return False, "Triton is not installed (it has no macOS/Windows wheels): use backend='torch'"
         return False, f"Triton is installed but cannot be imported ({e}): use backend='torch'"
     if _has_cuda():
-        import torch
-
         if os.environ.get("TRITON_INTERPRET") == "1":
             return True, "TRITON_INTERPRET=1: kernels run in Triton's interpreter even though a CUDA GPU is present"
         return True, f"compiled for the CUDA GPU {torch.cuda.get_device_name()}"
@@ -87,7 +86,7 @@ def _import_kernels():
     if not ok:
         raise TritonUnavailable(reason)
     use_interpreter_if_no_gpu(force=True)  # read by @triton.jit when the modules below load
-    from . import cache_write, chunk_attention, decode_attention, swa_attention
+    from . import cache_write, chunk_attention, decode_attention, swa_attention  # lazy: each imports Triton
 
     return swa_attention, chunk_attention, decode_attention, cache_write
 

@@ -1,9 +1,16 @@
 """Plot and widget builders for the notebooks: each returns a plotly figure or a widget.
+viz only draws: what it draws is measured by the package (experiments/, bench/) or read
+from a committed result.
 
 Token pieces shown in a figure go through escape_label: plotly reads label text as HTML,
 so the pieces <s>, </s> and <0x0A> would vanish and & would start an entity.
 """
 import html
+
+import plotly.io as pio
+
+from .. import threads
+from ..experiments import progress  # noqa: F401  (re-exported: notebooks draw their progress bars with it)
 
 
 def escape_label(text: str) -> str:
@@ -12,25 +19,10 @@ def escape_label(text: str) -> str:
     return html.escape(text)
 
 
-def notebook_setup(threads: int = 1) -> None:
+def notebook_setup(n_threads: int | None = None) -> None:
     """What every notebook does first: store plotly figures in the notebook as JSON (they
-    render offline in JupyterLab, no CDN), and use one thread -- the shipped model's
-    matrices are small, and one thread is faster than two fighting over a laptop's cores."""
-    import plotly.io as pio
-    import torch
-
+    render offline in JupyterLab, no CDN), and set the kernel's torch threads by the
+    thread policy (mistral_lab.threads: an explicit number, else OMP_NUM_THREADS, else its
+    default) for the rest of the session."""
     pio.renderers.default = "plotly_mimetype"
-    torch.set_num_threads(threads)
-
-
-def progress(iterable=None, **kw):
-    """A progress bar with counts, rate and time left, as text (tqdm's plain bar on stderr).
-
-    Why not tqdm's widget bar: a widget exists only while the kernel runs, so a notebook
-    opened cold showed `HBox(children=...)` frozen at 0%; the text bar is saved with the
-    notebook as its last state ("100% 6/6 [00:02<00:00]")."""
-    import sys
-
-    from tqdm.std import tqdm
-
-    return tqdm(iterable, file=sys.stderr, ncols=100, **kw)
+    threads.apply(n_threads)

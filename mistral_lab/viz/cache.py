@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import ipywidgets as widgets
 import plotly.graph_objects as go
 import torch
 
@@ -71,8 +72,6 @@ def slots_figure(history: torch.Tensor, pieces: list[str], step: int, per_row: i
 
 def buffer_scrubber(history: torch.Tensor, pieces: list[str], step: int | None = None):
     """A slider over write steps redrawing slots_figure."""
-    import ipywidgets as widgets
-
     last = history.shape[0] - 1
     slider = widgets.IntSlider(value=last if step is None else step, min=0, max=last, description="step",
                                continuous_update=False, layout=widgets.Layout(width="90%"))

@@ -1,5 +1,5 @@
-"""Figures of notebook 09, "what the window really remembers", from context_use.sweep's
-JSON (or the same dicts measured live): SWA model vs its full-attention twin.
+"""Figures of notebook 09, "what the window really remembers", from experiments.context_use.sweep's
+JSON (or the same dicts measured live by experiments/): SWA model vs its full-attention twin.
 
     r = json.load(open("benchmarks/context_use.json"))
     context_figure(r); copy_figure(r, "copy_random"); passkey_figure(r["passkey"]); position_figure(r)
@@ -7,6 +7,8 @@ JSON (or the same dicts measured live): SWA model vs its full-attention twin.
 from __future__ import annotations
 
 import plotly.graph_objects as go
+
+from ..masks import receptive_field
 
 NAMES = {"swa": "SWA model (W = {W})", "full": "full-attention twin",
          "full_through_window": "twin run with a window of {W} (never trained so)"}
@@ -19,8 +21,8 @@ def _name(key: str, r: dict) -> str:
 
 def _marks(fig: go.Figure, r: dict, *, train_len: bool = False, axis_max=None) -> None:
     """Vertical lines at W - 1, k(W - 1) (and the training length)."""
-    W, k = r["window"], r["n_layers"]
-    lines = [(W - 1, f"W - 1 = {W - 1}", "dot"), (k * (W - 1), f"k(W - 1) = {k * (W - 1)}", "dash")]
+    W, field = r["window"], receptive_field(r["n_layers"], r["window"])
+    lines = [(W - 1, f"W - 1 = {W - 1}", "dot"), (field, f"k(W - 1) = {field}", "dash")]
     if train_len:
         lines.append((r["train_seq_len"], f"trained on {r['train_seq_len']}", "dashdot"))
     for x, text, dash in lines:

@@ -1,8 +1,8 @@
 """Grouped-query attention: which query heads share a key/value head, what that saves,
 and what the heads of one group do with the keys they share.
 
-    qkv = layer_qkv(model, ids, layer=2)              # q (1,T,H,D), k, v (1,T,K,D), positions
-    probs = attention_probs(qkv)                       # (H, T, T): ops.attention_probs
+    qkv = layer_qkv(model, ids, layer=2)    # experiments/gqa.py: q (1,T,H,D), k, v (1,T,K,D), positions
+    group_heads_figure(attention_probs(qkv), pieces, group=0, n_rep=4)
 """
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from .. import ops, trace
-from ..cache import cache_bytes
 from ..config import ModelArgs
+from ..experiments.gqa import decode_kv_bytes
 from . import escape_label
 
 
@@ -37,20 +36,6 @@ def head_sharing_figure(args: ModelArgs, title: str = "") -> go.Figure:
     return fig
 
 
-def decode_kv_bytes(args: ModelArgs, context: int, bytes_per_element: int = 2) -> dict:
-    """Bytes of K and V one decode step reads (all layers, batch 1) for MHA, GQA (args), MQA.
-
-    A step attends over every key its cache holds: the rolling buffer's min(context, W)
-    positions, which is what cache.cache_bytes counts, for each number of KV heads."""
-    def read(kv_heads: int) -> int:
-        return cache_bytes(args.replace(n_kv_heads=kv_heads), context, rolling=True,
-                           bytes_per_element=bytes_per_element)
-
-    return {f"MHA ({args.n_heads} KV heads)": read(args.n_heads),
-            f"GQA ({args.n_kv_heads} KV heads)": read(args.n_kv_heads),
-            "MQA (1 KV head)": read(1)}
-
-
 def decode_bytes_figure(args: ModelArgs, context: int, bytes_per_element: int = 2) -> go.Figure:
     d = decode_kv_bytes(args, context, bytes_per_element)
     fig = go.Figure(go.Bar(x=list(d), y=[b / 2**20 for b in d.values()],
@@ -58,24 +43,6 @@ def decode_bytes_figure(args: ModelArgs, context: int, bytes_per_element: int = 
     fig.update_layout(title=f"K/V read per generated token at {context:,} tokens of context (all layers)",
                       yaxis_title="MiB per decode step", height=340, margin=dict(l=50, r=20, t=50, b=40))
     return fig
-
-
-@torch.inference_mode()
-def layer_qkv(model, ids, layer: int) -> dict:
-    """q (1,T,H,D), k, v (1,T,K,D) after RoPE, positions and window, exactly as one layer of a
-    real forward pass (no cache) hands them to its attention backend (read from a trace)."""
-    with trace.record(layers=[layer], qkv=True) as t:
-        model(torch.tensor([ids]))
-    (call,) = t.calls(layer)
-    return dict(q=call.q, k=call.k, v=call.v, positions=call.q_pos[0], window=model.args.sliding_window)
-
-
-@torch.inference_mode()
-def attention_probs(qkv: dict) -> torch.Tensor:
-    """(H, T, T) attention probabilities of the layer: ops.attention_probs, the softmax that
-    ops.attention multiplies the values by."""
-    pos = qkv["positions"]
-    return ops.attention_probs(qkv["q"], qkv["k"], pos, pos, qkv["window"])[0]
 
 
 def group_heads_figure(probs: torch.Tensor, pieces: list[str], group: int, n_rep: int) -> go.Figure:
@@ -93,16 +60,6 @@ def group_heads_figure(probs: torch.Tensor, pieces: list[str], group: int, n_rep
                       coloraxis=dict(colorscale="Viridis", colorbar=dict(title="p")), height=360,
                       margin=dict(l=90, r=20, t=70, b=20))
     return fig
-
-
-@torch.inference_mode()
-def gqa_vs_repeated(qkv: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """ops.attention with shared K/V, and the same with K/V repeated to one per query head."""
-    q, k, v, pos, W = qkv["q"], qkv["k"], qkv["v"], qkv["positions"], qkv["window"]
-    G = q.shape[2] // k.shape[2]
-    shared = ops.attention(q, k, v, pos, pos, W)
-    repeated = ops.attention(q, k.repeat_interleave(G, dim=2), v.repeat_interleave(G, dim=2), pos, pos, W)
-    return shared, repeated
 
 
 def throughput_figure(rows: list[dict], context: int) -> go.Figure:

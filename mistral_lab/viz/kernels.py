@@ -1,8 +1,8 @@
-"""The Triton kernels seen from inside: tile maps from their own counters, closed-form
-counts to check them against, and benchmark results (ours from JSON, peers' labelled).
+"""The Triton kernels seen from inside: tile maps from their own counters, and the committed
+GPU benchmarks (ours and the peers measured in the same run) from their JSON.
 
-    call = traced_swa_prefill(n=256, window=64)   # one instrumented launch (interpreter on CPU)
-    tile_map_figure(call); expected_counts(call)
+    call = traced_swa_prefill(n=256, window=64)   # experiments/kernels.py: one instrumented launch
+    tile_map_figure(call)
 """
 from __future__ import annotations
 
@@ -12,20 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
-import torch
-
-from .. import trace
-from ..masks import visible_pairs
-
-# Measured by peers on an H100 80GB (torch 2.11, bf16, batch 1, 32 query / 8 KV heads,
-# head_dim 128, W = 4096): the shapes of our own benchmark, NOT measured by this project
-# (docs/ARCHITECTURE.md, "Benchmarks").
-PEER_H100_PREFILL_MS = {
-    4096: {"SDPA causal (flash)": 0.26, "FlexAttention sliding window": 0.40, "SDPA + dense window mask": 0.87},
-    8192: {"SDPA causal (flash)": 0.94, "FlexAttention sliding window": 1.04, "SDPA + dense window mask": 3.39},
-    16384: {"SDPA causal (flash)": 3.67, "FlexAttention sliding window": 2.36, "SDPA + dense window mask": 15.09},
-    32768: {"SDPA causal (flash)": 14.35, "FlexAttention sliding window": 4.94},
-}
 
 # One name and one colour per method in every plot: our JSON's impl keys are shown under
 # the names the peers' numbers use, so the same method looks the same in both figures.
@@ -46,47 +32,6 @@ METHOD_COLOURS = {
 def tokens_tick(n: int) -> str:
     """A sequence length as people say it: 4096 -> '4K', 32768 -> '32K', 1000 -> '1,000'."""
     return f"{n // 1024}K" if n >= 1024 and n % 1024 == 0 else f"{n:,}"
-
-
-def traced_swa_prefill(n: int = 256, window: int = 64, heads: int = 8, kv_heads: int = 2, head_dim: int = 32,
-                       block: int = 16, seed: int = 0):
-    """Run the sliding-window pre-fill kernel once on random q/k/v inside a trace.
-    Returns (KernelCall, kernel output, ops.attention output)."""
-    from .. import kernels, ops
-
-    ok, why = kernels.available()
-    if not ok:
-        raise kernels.TritonUnavailable(why)
-    interpreting = kernels.use_interpreter_if_no_gpu(force=True)  # before the kernel module loads
-    from ..kernels import swa_attention
-
-    g = torch.Generator().manual_seed(seed)
-    dev = "cpu" if interpreting else "cuda"
-    q = torch.randn(1, n, heads, head_dim, generator=g).to(dev)
-    k = torch.randn(1, n, kv_heads, head_dim, generator=g).to(dev)
-    v = torch.randn(1, n, kv_heads, head_dim, generator=g).to(dev)
-    pos = torch.arange(n, device=dev)
-    with trace.record() as t:
-        out = swa_attention.swa_prefill(q, k, v, pos, window, block_m=block, block_n=block)
-    return t.kernel_calls[-1], out, ops.attention(q, k, v, pos, pos, window)
-
-
-def expected_counts(call) -> dict:
-    """The counters a window-skipping kernel must report, from the shapes alone."""
-    m = call.meta
-    T, W, D, H, K, B = m["T"], m["window"], m["D"], m["H"], m["K"], m["B"]
-    BM, BN, G = call.block_m, call.block_n, H // K
-    elem = 4 if "float32" in m["dtype"] else 2
-    tiles = skipped = 0
-    for i in range(math.ceil(T / BM)):
-        m0, m1 = i * BM, min(i * BM + BM, T) - 1
-        lo, hi = max(0, m0 - W + 1) // BN, math.ceil((m1 + 1) / BN)
-        tiles, skipped = tiles + hi - lo, skipped + lo
-    progs = B * K
-    return dict(tiles=progs * tiles, skipped=progs * skipped,
-                kv_bytes=progs * tiles * BN * D * 2 * elem,  # every tile is full when BN divides T
-                flops=progs * tiles * 4 * D * (BM * G) * BN,
-                visible_pairs=B * H * visible_pairs(T, W))
 
 
 def tile_map_figure(call) -> go.Figure:
@@ -110,12 +55,13 @@ def tile_map_figure(call) -> go.Figure:
 
 
 def load_benchmarks(folder) -> list[dict]:
-    """Rows of every benchmarks/*.json written by `python -m mistral_lab bench ... --out`."""
+    """Rows of every committed kernel benchmark (benchmarks/*.json written by `python -m
+    mistral_lab bench attention|decode --out`), each with its file, device and commit."""
     rows = []
     for p in sorted(Path(folder).glob("*.json")):
         doc = json.loads(p.read_text())
         for r in doc.get("rows", []):
-            rows.append({**r, "device": doc.get("device"), "file": p.name})
+            rows.append({**r, "device": doc.get("device"), "file": p.name, "commit": doc.get("commit")})
     return rows
 
 
@@ -136,10 +82,6 @@ def prefill_bench_figure(rows: list[dict], title: str) -> go.Figure:
                       legend=dict(orientation="h", yanchor="top", y=-0.2, x=0),
                       margin=dict(l=50, r=20, t=50, b=40))
     return fig
-
-
-def peer_rows() -> list[dict]:
-    return [dict(N=n, impl=impl, ms=ms) for n, d in PEER_H100_PREFILL_MS.items() for impl, ms in d.items()]
 
 
 def benchmark_summary(rows: list[dict]) -> str:

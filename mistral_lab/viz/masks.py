@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import ipywidgets as widgets
 import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
@@ -60,8 +61,6 @@ def pair_counts_figure(n_max: int = 512, window: int = 64) -> go.Figure:
 
 def mask_explorer(n: int = 24, window: int = 6):
     """Sliders for n and W redrawing masks_figure."""
-    import ipywidgets as widgets
-
     n_slider = widgets.IntSlider(value=n, min=2, max=64, description="n tokens", continuous_update=False)
     w_slider = widgets.IntSlider(value=window, min=1, max=32, description="window W", continuous_update=False)
     return controls(masks_figure, n=n_slider, window=w_slider)

@@ -1,16 +1,13 @@
 """KV-cache memory: full cache vs rolling buffer, by formula and measured on a real run.
 
     fig = bytes_vs_tokens_figure(ml.preset("mistral-7b-v0.1"))      # 0 -> 32k tokens
-    run = measure_prefill(model, ids, full=False)                     # nbytes after each chunk
+    run = measure_prefill(model, ids, full=False)     # experiments/memory.py: nbytes after each chunk
     fig = measured_figure([run_rolling, run_full])
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
-
+import ipywidgets as widgets
 import plotly.graph_objects as go
-import torch
 
 from ..cache import cache_bytes
 from ..config import ModelArgs
@@ -39,46 +36,10 @@ def bytes_vs_tokens_figure(args: ModelArgs, max_tokens: int = 32768, window: int
 
 def memory_explorer(args: ModelArgs, max_tokens: int = 32768):
     """A slider for the window W (in slots) redrawing bytes_vs_tokens_figure."""
-    import ipywidgets as widgets
-
     w0 = args.sliding_window or 4096
     slider = widgets.IntSlider(value=w0, min=512, max=max_tokens, step=512, description="W (slots)",
                                continuous_update=False, layout=widgets.Layout(width="60%"))
     return controls(lambda window: bytes_vs_tokens_figure(args, max_tokens, window=window), window=slider)
-
-
-@dataclass
-class PrefillRun:
-    """What one chunked pre-fill did: cache bytes after each chunk, final logits, time."""
-    label: str
-    tokens: list = field(default_factory=list)  # tokens seen after each chunk
-    nbytes: list = field(default_factory=list)  # cache.nbytes after each chunk
-    capacity: int = 0
-    logits: torch.Tensor | None = None  # of the last token, (vocab,)
-    seconds: float = 0.0
-
-
-@torch.inference_mode()
-def measure_prefill(model, ids, *, full: bool, chunk: int | None = None, show_progress: bool = True) -> PrefillRun:
-    """Pre-fill ids (a list) chunk by chunk into a fresh cache, recording cache.nbytes after each.
-    progress: a bar counting tokens, with the rate and the time left."""
-    from . import progress
-
-    chunk = chunk or model.args.sliding_window
-    x = torch.tensor([ids])
-    cache = model.new_cache(full=full)
-    run = PrefillRun("full cache" if full else "rolling buffer")
-    bar = progress(total=len(ids), desc=run.label, unit="tok", disable=not show_progress)
-    t0 = time.perf_counter()
-    for i in range(0, len(ids), chunk):
-        logits = model(x[:, i:i + chunk], cache, last_only=True)
-        run.tokens.append(min(i + chunk, len(ids)))
-        run.nbytes.append(cache.nbytes)
-        bar.update(run.tokens[-1] - bar.n)
-    run.seconds = time.perf_counter() - t0
-    bar.close()
-    run.logits, run.capacity = logits[0, -1], cache.capacity
-    return run
 
 
 def measured_figure(runs, args: ModelArgs | None = None, bytes_per_element: int = 4) -> go.Figure:

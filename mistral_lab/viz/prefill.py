@@ -1,31 +1,19 @@
 """Pre-fill in chunks: the paper's Figure 3 drawn with real tokens, and its memory cost.
 
-    pos = cache_before_chunk(model, ids, chunk=32, index=3)      # slots' positions, real cache
+    pos = cache_before_chunk(model, ids, chunk=32, index=3)      # experiments/prefill.py: a real cache
     fig = chunk_figure(pieces, pos, start=96, length=32, window=64)
     ui = chunk_explorer(model, ids, pieces)                       # sliders: chunk size, index
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-
+import ipywidgets as widgets
 import plotly.graph_objects as go
 import torch
 
-from .. import trace
-from ..cache import cache_bytes
-from ..config import ModelArgs
-from ..generate import prefill
+from ..experiments.prefill import cache_before_chunk
 from ..masks import mask_for
 from . import escape_label
 from .widgets import controls
-
-
-def cache_before_chunk(model, ids: list[int], chunk: int, index: int) -> list[int]:
-    """Positions held by layer 0's rolling buffer just before chunk `index` is pre-filled."""
-    cache = model.new_cache()
-    if index > 0:
-        prefill(model, torch.tensor([ids[: index * chunk]]), cache, chunk_size=chunk)
-    return cache.positions(0)
 
 
 def _label(pieces: list[str], p: int) -> str:
@@ -66,8 +54,6 @@ def chunk_figure(pieces: list[str], cache_positions: list[int], start: int, leng
 
 def chunk_explorer(model, ids: list[int], pieces: list[str], chunk: int = 32, index: int = 3):
     """Sliders for chunk size and chunk index redrawing chunk_figure from a real cache."""
-    import ipywidgets as widgets
-
     W = model.args.sliding_window
     size = widgets.IntSlider(value=chunk, min=1, max=2 * W, description="chunk size", continuous_update=False)
     idx = widgets.IntSlider(value=index, min=0, max=(len(ids) - 1) // chunk, description="chunk index",
@@ -84,28 +70,6 @@ def chunk_explorer(model, ids: list[int], pieces: list[str], chunk: int = 32, in
                             min(size, len(ids) - start), W)
 
     return controls(draw, size=size, index=idx)
-
-
-def memory_for_chunk(args: ModelArgs, chunk: int, batch_size: int = 1, bytes_per_element: int = 4) -> dict:
-    """Bytes alive during one chunk's attention (reference backend, one layer at a time):
-    the score matrix, batch x heads x chunk x (W slots + chunk) in fp32 (softmax runs in
-    fp32), and the rolling buffer once full (cache.cache_bytes of W tokens, all layers)."""
-    W = args.sliding_window
-    if W is None:
-        raise ValueError("memory_for_chunk needs a sliding window: a full-attention cache grows with the text")
-    scores = batch_size * args.n_heads * chunk * (W + chunk) * 4
-    cache = cache_bytes(args, W, rolling=True, batch_size=batch_size, bytes_per_element=bytes_per_element)
-    return {"chunk": chunk, "scores": scores, "cache": cache}
-
-
-@contextmanager
-def attention_shapes():
-    """(q.shape, k.shape) of every attention call made inside the block, from a trace:
-    q (B, T, H, D) and the keys it attended over (B, S, K, D), filled when the block ends."""
-    shapes = []
-    with trace.record(qkv=True) as t:
-        yield shapes
-    shapes.extend((tuple(c.q.shape), tuple(c.k.shape)) for c in t.attention)
 
 
 def memory_figure(rows: list[dict], tokens: int) -> go.Figure:

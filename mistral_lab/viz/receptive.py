@@ -11,7 +11,7 @@ import math
 import plotly.graph_objects as go
 import torch
 
-from ..analysis import reach
+from ..experiments.influence import reach
 from ..masks import receptive_field
 
 

@@ -13,7 +13,7 @@ step asks nothing of the host:
 - the write is LayerCache.write_step (a scatter to slot position mod S, no nonzero);
 - attention is the model's backend's decode (torch reference or the Triton kernel);
 - the next token is picked on the device: argmax (greedy), or argmax(p / E) with E a
-  static buffer of Exp(1) noise drawn from the caller's generator before each step,
+  static buffer of Exp(1) noise drawn from each sequence's generator before each step,
   which samples exactly from p (the exponential race; torch.multinomial checks its
   input with .item(), a sync, so it cannot sit in a graph);
 - on CUDA the whole step (embedding, layers, norm, logits, sampling, position advance)
@@ -42,9 +42,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import ops, trace
-from .backends import get_backend
-from .cache import KVCache
+from .. import ops
+from ..backends import get_backend
+from ..cache import KVCache
+from ..sampling import Sampler, filtered_logits
+from .readable import inference_only
 
 WARMUP_STEPS = 3  # eager steps on a side stream before the capture (torch.cuda.graphs' advice)
 
@@ -71,15 +73,11 @@ class StaticDecode:
     graph: capture a CUDA graph (default: on CUDA); False runs every step eagerly.
     """
 
-    def __init__(self, model, cache: KVCache, *, end: int | None = None, temperature: float = 0.0,
-                 top_k: int | None = None, top_p: float | None = None,
-                 generator: torch.Generator | None = None, graph: bool | None = None):
-        from .generate import check_sampling
-
+    def __init__(self, model, cache: KVCache, *, end: int | None = None, sampler: Sampler | None = None,
+                 graph: bool | None = None):
         why_not = self.unsupported(model, cache)
         if why_not is not None:
             raise ValueError(f"the static decode step cannot run here: {why_not}")
-        check_sampling(temperature, top_k, top_p)
         if end is None and (cache.grow or model.args.sliding_window is None):
             raise ValueError("a full cache needs its final size before the first static step: pass end="
                              "<one past the last position> (generate does)")
@@ -87,7 +85,7 @@ class StaticDecode:
             cache.reserve(end)  # a full cache grows once, now: its tensors stay put while the graph holds them
         self.model, self.cache = model, cache
         self.backend = _WriteStep(get_backend(model.backend))
-        self.temperature, self.top_k, self.top_p, self.generator = temperature, top_k, top_p, generator
+        self.sampler = sampler if sampler is not None else Sampler(cache.batch_size, device=cache.k.device)
         B, V = cache.batch_size, model.args.vocab_size
         device = cache.k.device
         self.device = device
@@ -96,7 +94,7 @@ class StaticDecode:
         self.token = torch.zeros(B, dtype=torch.long, device=device)  # fed in, overwritten by the pick
         self.logprob = torch.zeros(B, dtype=torch.float32, device=device)
         self.logits = torch.zeros(B, V, dtype=torch.float32, device=device)
-        self.noise = None if temperature == 0 else torch.ones(B, V, dtype=torch.float32, device=device)
+        self.noise = None if self.sampler.greedy else torch.ones(B, V, dtype=torch.float32, device=device)
         self.use_graph = device.type == "cuda" if graph is None else graph
         if self.use_graph and device.type != "cuda":
             raise ValueError(f"a CUDA graph needs the cache on a CUDA device, it is on {device.type}: use graph=False")
@@ -109,10 +107,9 @@ class StaticDecode:
         """Why this step cannot run this model and cache, or None when it can: it runs any
         batch, dtype, device and backend, but not inside trace.record() (the readable path
         records every write) nor with autograd on, and the cache must sit beside the model."""
-        if trace.active() is not None:
-            return "a trace is recording, and the readable model is what it records"
-        if torch.is_grad_enabled():
-            return "it runs without autograd (inside torch.inference_mode() or no_grad())"
+        why_not = inference_only()
+        if why_not is not None:
+            return why_not
         w = model.tok_embeddings.weight
         if w.device != cache.k.device:
             return f"the model is on {w.device} and the cache on {cache.k.device}"
@@ -125,14 +122,13 @@ class StaticDecode:
         rope = ops.rope_frequencies(positions, a.head_dim, a.rope_theta)  # (B, 1, D/2)
         h = m.tok_embeddings(self.token[:, None])  # (B, 1, dim)
         for i, layer in enumerate(m.layers):
-            h = layer(h, positions, rope, self.backend, self.cache.layer(i), i)
+            h = layer(h, positions, rope, self.backend, self.cache.layer(i))
         logits = m.output(m.norm(h))[:, 0].float()  # (B, vocab)
         if self.noise is None:
             pick = logits.argmax(dim=-1)
         else:
-            from .generate import filtered_logits
-
-            probs = torch.softmax(filtered_logits(logits, self.temperature, self.top_k, self.top_p), dim=-1)
+            sp = self.sampler
+            probs = torch.softmax(filtered_logits(logits, sp.temperature, sp.top_k, sp.top_p), dim=-1)
             pick = (probs / self.noise).argmax(dim=-1)  # the exponential race: a draw from probs
         self.logprob.copy_(F.log_softmax(logits, dim=-1).gather(-1, pick[:, None])[:, 0])
         self.logits.copy_(logits)
@@ -166,7 +162,7 @@ class StaticDecode:
         if token is not self.token:
             self.token.copy_(token)
         if self.noise is not None:
-            self.noise.exponential_(generator=self.generator)
+            self.sampler.exponential_(self.noise)
         self._run()
         self.steps += 1
         self.cache.advance(running.long())  # the host's positions, beside the device's

@@ -33,8 +33,10 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from . import ops, trace
-from .cache import KVCache
+from .. import ops
+from ..cache import KVCache
+from ..sampling import Sampler
+from .readable import inference_only
 
 WEIGHTS = ("fp32", "fp16")
 
@@ -107,15 +109,7 @@ class DecodeStep:
                     f"a {cache.k.dtype} cache (load with dtype=torch.float32)")
         if not (cache.grow or (W is not None and cache.capacity == W)):
             return f"it reads a rolling buffer of exactly W = {W} slots or a full cache, this one has {cache.capacity} slots"
-        if trace.active() is not None:
-            return "a trace is recording, and the readable model is what it records"
-        if torch.is_grad_enabled():
-            return "it runs without autograd (inside torch.inference_mode() or no_grad())"
-        return None
-
-    @staticmethod
-    def supports(model, cache: KVCache) -> bool:
-        return DecodeStep.unsupported(model, cache) is None
+        return inference_only()
 
     def __call__(self, token: int, cache: KVCache) -> torch.Tensor:
         a = self.args
@@ -138,9 +132,20 @@ class DecodeStep:
             out = torch.matmul(torch.softmax(scores, dim=-1), values.transpose(0, 1))  # (K, G, D)
             h = self._add_matmul(h, out.view(1, H * D), w.wo)
             gu = self._matmul(F.rms_norm(h, w.ffn_norm.shape, w.ffn_norm, w.ffn_eps), w.w13)  # [gate | up]
-            h = self._add_matmul(h, F.silu(gu[:, :a.hidden_dim]) * gu[:, a.hidden_dim:], w.w2)
+            h = self._add_matmul(h, ops.swiglu_gate(gu[:, :a.hidden_dim], gu[:, a.hidden_dim:]), w.w2)
         cache.advance(1)
         return self._matmul(F.rms_norm(h, self.norm[0].shape, *self.norm), self.output).float()  # (1, vocab)
+
+
+class FastStep:
+    """The engine's call: step(token (B,), running) -> (next token, log-probability), one
+    sequence: the packed DecodeStep's logits, then the sampler."""
+
+    def __init__(self, step: DecodeStep, cache: KVCache, sampler: Sampler):
+        self.step, self.cache, self.sampler = step, cache, sampler
+
+    def __call__(self, token: torch.Tensor, running: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.sampler(self.step(int(token[0]), self.cache))
 
 
 _STEPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -156,4 +161,4 @@ def decode_step(model, weights: str = "fp32") -> DecodeStep:
     return held[weights][1]
 
 
-__all__ = ["DecodeStep", "LayerWeights", "WEIGHTS", "decode_step"]
+__all__ = ["DecodeStep", "FastStep", "LayerWeights", "WEIGHTS", "decode_step"]

@@ -1,12 +1,7 @@
-"""Benchmarks whose results are committed to benchmarks/ (JSON with files.environment():
-date, versions, CPU/GPU, threads), each written whole by files.atomic_write_json.
+"""CPU decode: mistral_lab's engines against Hugging Face transformers, same weights, same
+machine, same run.
 
-    python -m mistral_lab bench cpu-decode     decode tokens/s: mistral_lab vs Hugging Face
-                                               transformers, same weights, same machine, same run
-    python -m mistral_lab bench attention      GPU: SWA pre-fill kernel vs FlexAttention / SDPA
-    python -m mistral_lab bench decode         GPU: decode over a full rolling buffer
-    python -m mistral_lab bench throughput     tokens/s against batch size, GQA vs MHA (throughput.py)
-    python -m mistral_lab bench serve          GPU: 7B serving tokens/s, batch 1-8, static step vs HF
+    python -m mistral_lab bench cpu-decode --out benchmarks/cpu_decode.json
 """
 from __future__ import annotations
 
@@ -14,9 +9,12 @@ import os
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
-from .files import atomic_write_json, environment
+import torch
+
+from ..checkpoints import load, load_tokenizer, save_hf
+from ..data.assets import default_model_path, fingerprint
+from ..generate import generate
 
 
 def cpu_decode(model_path=None, new_tokens: int = 200, repeats: int = 5, prompt: str = "ROMEO.") -> dict:
@@ -31,17 +29,13 @@ def cpu_decode(model_path=None, new_tokens: int = 200, repeats: int = 5, prompt:
     fp32, and loaded the default way, which for this fp16 checkpoint is fp16.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-    from transformers import MistralForCausalLM
+    from transformers import MistralForCausalLM  # lazy: transformers is a test/bench-only dependency
 
-    from . import weights
-    from .generate import generate
-
-    model = weights.load(model_path)
-    tok = weights.load_tokenizer(model_path)
+    model = load(model_path)
+    tok = load_tokenizer(model_path)
     ids = tok.encode(prompt)
     with tempfile.TemporaryDirectory() as tmp:
-        weights.save_hf(weights.load(model_path, dtype=torch.float16), tmp)
+        save_hf(load(model_path, dtype=torch.float16), tmp)
         hf = {"transformers_fp32": MistralForCausalLM.from_pretrained(tmp, local_files_only=True,
                                                                       dtype=torch.float32).eval(),
               "transformers_default": MistralForCausalLM.from_pretrained(tmp, local_files_only=True).eval()}
@@ -86,10 +80,9 @@ def cpu_decode(model_path=None, new_tokens: int = 200, repeats: int = 5, prompt:
         return round(results[a]["tokens_per_s"] / results[b]["tokens_per_s"], 2)
 
     return {
-        "benchmark": "cpu-decode",
         "what": f"greedy generation of {new_tokens} tokens after a {len(ids)}-token prompt, batch 1, wall time "
                 f"including the prompt's pre-fill; median of {repeats} round-robin runs after a warm-up",
-        "model": {"path": str(model_path or weights.default_model_path()), "params": model.args.n_params(),
+        "model": {"path": str(model_path or default_model_path()), "params": model.args.n_params(),
                   "args": model.args.to_dict()},
         "transformers_default_dtype": hf_dtype,
         "results": results,
@@ -107,32 +100,27 @@ def cpu_decode(model_path=None, new_tokens: int = 200, repeats: int = 5, prompt:
             "fast_fp16 vs fast_fp32": agree("mistral_lab_fast_fp16", "mistral_lab_fast"),
             "out_of": new_tokens,
         },
-        "environment": environment("cpu"),
+        "threads": torch.get_num_threads(),
+        "slice": slice_check() if model_path is None else None,
     }
 
 
-def main(args) -> None:
-    if args.what == "cpu-decode":
-        report = cpu_decode(args.model, args.tokens, args.repeats)
-        r = report["results"]
-        env = report["environment"]
-        print(f"decode, {report['model']['params'] / 1e6:.1f}M parameters, {env['cpu']}, "
-              f"{env['torch_threads']} threads")
-        for name, res in r.items():
-            print(f"  {name:24} {res['tokens_per_s']:8.1f} tokens/s")
-        for name, x in report["speedups"].items():
-            print(f"  {x:6.2f}x  {name}")
-        same = report["same_greedy_tokens_of"]
-        print("  same greedy tokens: " + ", ".join(f"{k} {v}/{same['out_of']}" for k, v in same.items() if k != "out_of"))
-    elif args.what in ("throughput", "serve"):  # GQA vs MHA under one cache budget; GPU serving speed
-        from . import throughput
+def slice_check() -> dict:
+    """What tests/test_results.py re-measures: the shipped model's first 32 greedy tokens
+    after the benchmark's prompt on the fast step, and the weights' fingerprint."""
+    model, tok = load(), load_tokenizer()
+    return {"greedy_fast_fp32": generate(model, tok.encode("ROMEO."), 32, engine="fast").new_tokens,
+            "weights": {"model": fingerprint("model")}}
 
-        report = throughput.main(args)
-    else:
-        from .kernels import bench as kbench
 
-        report = kbench.main(args)
-    if args.out and report is not None:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(args.out, report)
-        print(f"wrote {args.out}")
+def measure(model_path=None, new_tokens: int = 200, repeats: int = 5) -> dict:
+    """`python -m mistral_lab bench cpu-decode`: cpu_decode(), printed."""
+    report = cpu_decode(model_path, new_tokens, repeats)
+    print(f"decode, {report['model']['params'] / 1e6:.1f}M parameters, {report['threads']} threads")
+    for name, res in report["results"].items():
+        print(f"  {name:24} {res['tokens_per_s']:8.1f} tokens/s")
+    for name, x in report["speedups"].items():
+        print(f"  {x:6.2f}x  {name}")
+    same = report["same_greedy_tokens_of"]
+    print("  same greedy tokens: " + ", ".join(f"{k} {v}/{same['out_of']}" for k, v in same.items() if k != "out_of"))
+    return report

@@ -20,9 +20,10 @@ one-thread rate x C), and no process slower than 3x the median.
 Also a thread sweep: one process at 1 and 2 threads, the machine idle and with one
 other busy process (a Python spin loop), through the Python API and the command line.
 
-Each worker is a fresh `python -m mistral_lab.classroom` process (what a student's
-kernel is); it prints one JSON line. Nothing here needs the network: the Hugging Face
-copy is written to a temporary folder and read with local_files_only.
+Each worker is a fresh `python -m mistral_lab.bench.classroom` process (what a student's
+kernel is); it prints one JSON line, with the threads it used read back from torch.
+Nothing here needs the network: the Hugging Face copy is written to a temporary folder
+and read with local_files_only.
 """
 from __future__ import annotations
 
@@ -37,6 +38,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import torch
+
+from .. import threads
+from ..checkpoints import load, load_tokenizer, save_hf
+from ..data.assets import fingerprint
+from ..generate import generate
 
 PROMPT = "ROMEO."  # notebook 03
 SAMPLING = {"temperature": 0.8, "top_k": 50, "seed": 1}
@@ -54,32 +62,28 @@ def _cpu_seconds() -> float:
 
 def _worker(args) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-
-    from . import threads, weights
-
-    tok = weights.load_tokenizer()
+    tok = load_tokenizer()
     ids = tok.encode(PROMPT)
+    used = []  # torch's threads during the timed generation, as the generation saw them
     if args.engine == "ours":
-        from .generate import generate
-
-        model = weights.load()
+        model = load()
 
         def run():  # generate applies the thread policy itself (args.threads, when given, wins)
             g = generate(model, ids, args.tokens, threads=args.threads, **SAMPLING)
+            used.append(g.stats.threads)
             return len(g.new_tokens)
 
         generate(model, ids, 8, threads=args.threads, **SAMPLING)  # warm-up outside the timing
     else:
-        from transformers import MistralForCausalLM
+        from transformers import MistralForCausalLM  # lazy: transformers is a test/bench-only dependency
 
         hf = MistralForCausalLM.from_pretrained(args.hf_path, local_files_only=True).eval()
-        choice = None
         if args.threads:
             torch.set_num_threads(args.threads)
 
         @torch.inference_mode()
         def run():
+            used.append(torch.get_num_threads())
             torch.manual_seed(SAMPLING["seed"])
             out = hf.generate(torch.tensor([ids]), max_new_tokens=args.tokens, min_new_tokens=args.tokens,
                               do_sample=True, temperature=SAMPLING["temperature"], top_k=SAMPLING["top_k"],
@@ -92,18 +96,13 @@ def _worker(args) -> None:
     if sys.stdin.readline().strip() != "go":  # the parent closed the pipe: nothing to do
         return
     cpu0 = _cpu_seconds()
-    if args.engine == "ours":
-        start = time.time()
-        n = run()
-        end = time.time()
-        used = threads.choose(args.threads, kind=threads.kind_for(model)).n
-    else:
-        start = time.time()
-        n = run()
-        end = time.time()
-        used = torch.get_num_threads()
+    start = time.time()
+    n = run()
+    end = time.time()
     print(json.dumps({"engine": args.engine, "tokens": n, "start": start, "end": end, "seconds": end - start,
-                      "threads": used, "cpu_s": round(_cpu_seconds() - cpu0, 3), "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}),
+                      "threads": used[-1],
+                      "cpu_s": round(_cpu_seconds() - cpu0, 3),
+                      "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}),
           flush=True)
 
 
@@ -111,7 +110,7 @@ def _worker(args) -> None:
 
 
 def _env() -> dict:
-    here = str(Path(__file__).resolve().parent.parent)
+    here = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
     return env
@@ -124,7 +123,7 @@ def run_group(n: int, engine: str, tokens: int, *, hf_path: str | None = None, t
     A group still running `limit_s` after the start is stopped and reported as timed out,
     with an upper bound on its aggregate rate (n x tokens / limit_s): threads that
     collapse on a busy machine can take many minutes, and that is the finding."""
-    cmd = [sys.executable, "-m", "mistral_lab.classroom", "worker", "--engine", engine, "--tokens", str(tokens)]
+    cmd = [sys.executable, "-m", "mistral_lab.bench.classroom", "worker", "--engine", engine, "--tokens", str(tokens)]
     if hf_path:
         cmd += ["--hf-path", hf_path]
     if threads:
@@ -224,19 +223,14 @@ def thread_sweep(tokens: int = 300, repeats: int = 2) -> list[dict]:
 
 def classroom(tokens: int = 256, counts=COUNTS, sweep: bool = True, progress=print) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
-
-    from . import files, threads, weights
-
     cpus = threads.usable_cpus()
     load_before = os.getloadavg()
-    report = {"benchmark": "classroom",
-              "what": f"N concurrent processes, each generating notebook 03's text ({tokens} new tokens after "
+    report = {"what": f"N concurrent processes, each generating notebook 03's text ({tokens} new tokens after "
                       f"{PROMPT!r}, temperature 0.8, top-k 50, seed 1) after all have loaded the shipped model; "
                       f"aggregate = all new tokens / (last finish - first start)",
               "usable_cpus": cpus, "load_avg_before": [round(x, 2) for x in load_before], "groups": []}
     with tempfile.TemporaryDirectory() as tmp:
-        weights.save_hf(weights.load(dtype=torch.float16), tmp)
+        save_hf(load(dtype=torch.float16), tmp)
         for engine in ("ours", "transformers"):
             for n in counts:
                 g = run_group(n, engine, tokens, hf_path=tmp if engine == "transformers" else None)
@@ -251,7 +245,6 @@ def classroom(tokens: int = 256, counts=COUNTS, sweep: bool = True, progress=pri
     one = next(g for g in report["groups"] if g["engine"] == "ours" and g["processes"] == 1)
     eight = next((g for g in report["groups"] if g["engine"] == "ours" and g["processes"] == 8), None)
     if eight is not None and not eight["timed_out"] and not one["timed_out"]:
-        eight = next(g for g in report["groups"] if g["engine"] == "ours" and g["processes"] == 8)
         hf8 = next(g for g in report["groups"] if g["engine"] == "transformers" and g["processes"] == 8)
         target = 0.8 * one["aggregate_tokens_per_s"] * cpus
         report["goal"] = {
@@ -270,31 +263,32 @@ def classroom(tokens: int = 256, counts=COUNTS, sweep: bool = True, progress=pri
             progress(f"    busy={r['busy_process']!s:5} threads={r['threads']}: API {r['api_tokens_per_s']:6.1f} tok/s, "
                      f"CLI decode {r['cli_decode_tokens_per_s']:6.1f} tok/s, CLI wall {r['cli_wall_s']:.2f} s")
     report["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
-    report["environment"] = files.environment("cpu")
+    report["slice"] = slice_check()
     return report
 
 
-def main(args) -> None:
-    """`bench classroom`: run, print, and write --out with the atomic writer."""
-    from . import files
+def slice_check() -> dict:
+    """What tests/test_results.py re-measures: the first 32 tokens every student generates
+    (the same prompt and seed), and the weights' fingerprint."""
+    tok = load_tokenizer()
+    return {"tokens": generate(load(), tok.encode(PROMPT), 32, **SAMPLING).new_tokens,
+            "weights": {"model": fingerprint("model")}}
 
-    if args.out:
-        files.check_writable(args.out)
-    # bench's --tokens default (200) is cpu-decode's; the classroom's is notebook 03's 4W = 256
-    report = classroom(tokens=256 if args.tokens == 200 else args.tokens)
+
+def measure(tokens: int = 256) -> dict:
+    """`python -m mistral_lab bench classroom`: classroom(), with its goal printed."""
+    report = classroom(tokens=tokens)
     if "goal" in report:
         g = report["goal"]
         print(f"  goal: 8 processes {g['aggregate_8']} tok/s vs target {g['target']} "
               f"({'ok' if g['aggregate_ok'] else 'MISSED'}); slowest/median {g['slowest_over_median_8']} "
               f"({'ok' if g['fairness_ok'] else 'MISSED'}); "
               f"{'>= ' if g['ours_over_transformers_8_is_lower_bound'] else ''}{g['ours_over_transformers_8']}x transformers")
-    if args.out:
-        files.atomic_write_json(args.out, report)
-        print(f"wrote {args.out}")
+    return report
 
 
 if __name__ == "__main__":
-    p = argparse.ArgumentParser(prog="python -m mistral_lab.classroom")
+    p = argparse.ArgumentParser(prog="python -m mistral_lab.bench.classroom")
     p.add_argument("role", choices=["worker"])
     p.add_argument("--engine", choices=["ours", "transformers"], required=True)
     p.add_argument("--tokens", type=int, default=256)

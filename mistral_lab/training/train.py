@@ -30,16 +30,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import files
-from .config import ModelArgs, check_fits
-from .model import Transformer
-from .repeats import add_repeats, copy_gain
+from tqdm.auto import tqdm
+
+from .. import files
+from ..config import ModelArgs, check_fits
+from ..data.repeats import add_repeats
+from ..experiments.copying import copy_gain
+from ..model import Transformer
 
 LOG_VERSION = 1  # the "v" of every train_log.jsonl line
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "mistral_lab.train_checkpoint", 1
-# What a run writes into its folder (besides the corpus in data/, by default).
-RUN_FILES = ("mistral_lab.json", "model.safetensors", "tokenizer.model", "train_info.json", "checkpoint.pt",
-             "train_log.jsonl")
 
 
 @dataclass
@@ -49,7 +49,7 @@ class TrainConfig:
     seq_len: int = 512
     lr: float = 1e-3
     min_lr: float = 1e-4
-    warmup: int = 100
+    warmup: int | None = None  # None: 100 steps, at most a tenth of the run
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     seed: int = 1337
@@ -62,6 +62,8 @@ class TrainConfig:
     copy_rows: float = 0.0
 
     def __post_init__(self):
+        if self.warmup is None and type(self.steps) is int and self.steps > 0:
+            self.warmup = min(100, max(1, self.steps // 10))
         for name in ("steps", "batch_size", "seq_len", "eval_every", "eval_batches"):
             _check(name, getattr(self, name), int, lambda v: v > 0, "a positive integer")
         _check("warmup", self.warmup, int, lambda v: v >= 0, "an integer >= 0")
@@ -170,12 +172,10 @@ def train(args: ModelArgs, train_tokens: np.ndarray, heldout_tokens: np.ndarray,
           out_dir: Path, *, progress: bool = True, log=None, resume: bool = False) -> Transformer:
     """Train from scratch (or, with resume, from out_dir/checkpoint.pt); returns the model.
     Appends to out_dir/train_log.jsonl as it goes; `log(record)` is called every step."""
-    from tqdm.auto import tqdm
-
     out_dir = Path(out_dir)
     ckpt = read_checkpoint(out_dir) if resume else None
     if ckpt is not None:
-        _same_run(ckpt, args, cfg, out_dir)
+        check_same_run(ckpt, args, cfg, out_dir)
     vocab_hi = int(max(train_tokens.max(initial=0), heldout_tokens.max(initial=0)))
     if vocab_hi >= args.vocab_size:
         raise ValueError(f"the data holds token id {vocab_hi}, outside the model's vocabulary [0, {args.vocab_size}): "
@@ -197,13 +197,7 @@ def train(args: ModelArgs, train_tokens: np.ndarray, heldout_tokens: np.ndarray,
         if ckpt is not None:
             _append(logf, {"event": "resume", "from_step": start})
         for step in bar:
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, cfg)
-            loss = loss_on(model, next(data), cfg)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
+            loss = optimizer_step(model, opt, lambda: loss_on(model, next(data), cfg), step, cfg)
             rec = {"step": step + 1, "loss": round(loss.item(), 5), "lr": lr_at(step, cfg),
                    "tokens": (step + 1) * cfg.batch_size * cfg.seq_len, "elapsed_s": round(time.perf_counter() - t0, 2)}
             if not math.isfinite(rec["loss"]):
@@ -220,6 +214,19 @@ def train(args: ModelArgs, train_tokens: np.ndarray, heldout_tokens: np.ndarray,
                 log(rec)
     model.eval()
     return model
+
+
+def optimizer_step(model, opt, loss_fn, step: int, cfg: TrainConfig) -> torch.Tensor:
+    """One step of every recipe: the learning rate of this step, the loss, backward, the
+    gradient clipped to cfg.grad_clip, AdamW. Returns the loss."""
+    for group in opt.param_groups:
+        group["lr"] = lr_at(step, cfg)
+    loss = loss_fn()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    return loss
 
 
 def _append(logf, rec: dict) -> None:
@@ -254,7 +261,9 @@ def read_checkpoint(out_dir: Path) -> dict:
     return ckpt
 
 
-def _same_run(ckpt: dict, args: ModelArgs, cfg: TrainConfig, out_dir: Path) -> None:
+def check_same_run(ckpt: dict, args: ModelArgs, cfg: TrainConfig, out_dir: Path) -> None:
+    """A resumed run must compute what the run computed: the same model and settings
+    (only the device may change)."""
     if ModelArgs.from_dict(ckpt["args"]) != args:
         raise ValueError(f"{out_dir}/checkpoint.pt holds another model configuration than the one given: "
                          f"resume with the run's own (train_config(checkpoint))")
@@ -266,10 +275,20 @@ def _same_run(ckpt: dict, args: ModelArgs, cfg: TrainConfig, out_dir: Path) -> N
                          f"drop them, or start a new run in a new folder")
 
 
-def resume_settings(out_dir: Path) -> tuple[ModelArgs, TrainConfig]:
-    """The model configuration and training settings of the run in out_dir."""
+def resume_settings(out_dir: Path, given: dict | None = None, device: str | None = None
+                    ) -> tuple[ModelArgs, TrainConfig]:
+    """The model configuration and training settings of the run in out_dir. given: settings
+    the user passed again (TrainConfig field -> value), each of which must be the run's
+    own; device: where to continue (the one setting that may change)."""
     ckpt = read_checkpoint(out_dir)
-    return ModelArgs.from_dict(ckpt["args"]), TrainConfig(**_train_settings(ckpt))
+    settings = _train_settings(ckpt)
+    for k, v in (given or {}).items():
+        if settings.get(k) != v:
+            raise ValueError(f"{out_dir} was trained with {k}={settings.get(k)!r}, not {v!r}: resume without "
+                             f"--{k.replace('_', '-')}, or start a new run in a new folder")
+    if device is not None:
+        settings["device"] = device
+    return ModelArgs.from_dict(ckpt["args"]), TrainConfig(**settings)
 
 
 def _train_settings(ckpt: dict) -> dict:
@@ -297,44 +316,3 @@ def read_log(path) -> list[dict]:
         if "step" in rec:
             steps[rec["step"]] = rec
     return [steps[k] for k in sorted(steps)]
-
-
-def prepare_out(out_dir: Path, *, resume: bool = False, overwrite: bool = False) -> None:
-    """Make sure a run may write to out_dir: empty or new, or (resume) its own run, or
-    (overwrite) the old run's files removed first. Anything else is refused, untouched."""
-    out_dir = Path(out_dir)
-    if resume and overwrite:
-        raise ValueError("--resume continues the run in the folder and --overwrite replaces it: choose one")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise NotADirectoryError(f"{out_dir} is a file, not a folder: give --out a folder")
-    if resume:
-        read_checkpoint(out_dir)  # fails in one line when there is nothing to resume
-        log = out_dir / "train_log.jsonl"
-        if log.is_file():
-            data = log.read_bytes()
-            if data and not data.endswith(b"\n"):  # cut by a kill mid-line: the next record starts afresh
-                with open(log, "ab") as f:
-                    f.write(b"\n")
-            if data.strip():
-                read_log(log)  # refuses a log of another version before anything is appended
-        return
-    files.check_writable(out_dir / "train_log.jsonl") if out_dir.is_dir() else _check_parent(out_dir)
-    held = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
-    if not held:
-        return
-    if not overwrite:
-        run = "checkpoint.pt" in held or "train_log.jsonl" in held
-        shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
-        raise FileExistsError(
-            f"{out_dir} {'holds a training run' if run else f'is not empty ({shown})'}: "
-            f"{'continue it with --resume, ' if run else ''}train into a new folder, or pass --overwrite to replace "
-            f"{'it' if run else 'the files of a run there'}")
-    for name in RUN_FILES:  # the config first: the folder stops being a loadable model at once
-        (out_dir / name).unlink(missing_ok=True)
-
-
-def _check_parent(out_dir: Path) -> None:
-    parent = out_dir.parent
-    while not parent.exists():
-        parent = parent.parent
-    files.check_writable(parent / out_dir.name)

@@ -4,24 +4,28 @@
     nll_by_position(model, stream, 32768)                 # per-token loss, one long sequence
     binned(nll, edges)                                    # its mean per range of positions
 
-`stream` is a token stream (e.g. the held-out split, assets/heldout.txt encoded with
-corpus.encode_corpus). Copying against distance is repeats.copy_losses and retrieval
-against distance is passkey.accuracy_by_distance; `sweep` runs all of them on the shipped
-models and writes the JSON that notebook 09 plots (the heavy parts: 32K positions, many
-distances), and the notebook re-measures a slice of each live:
+`stream` is a token stream (e.g. the held-out split: data.assets.heldout_stream()).
+Copying against distance is copying.copy_losses and retrieval against distance is
+passkey.accuracy_by_distance; `sweep` runs all of them on the shipped models and returns
+what notebook 09 plots (the heavy parts: 32K positions, many distances); the notebook
+re-measures a slice of each live:
 
-    python -m mistral_lab.context_use --out benchmarks/context_use.json
+    python -m mistral_lab context-use --out benchmarks/context_use.json
 """
 from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
+import warnings
 
 import numpy as np
 import torch
 
-from .generate import score
+from ..checkpoints import load
+from ..data.assets import asset, fingerprint, heldout_stream
+from ..generate import score
+from ..masks import receptive_field
+from . import copying, passkey
 
 
 @torch.inference_mode()
@@ -67,39 +71,25 @@ def position_edges(length: int, first: int = 16) -> list[int]:
     return edges + [length]
 
 
-def heldout_stream() -> np.ndarray:
-    """The held-out split as the shipped models were evaluated on it (BOS before each work)."""
-    from .corpus import encode_corpus
-    from .weights import default_model_path
-
-    assets = default_model_path().parent
-    return encode_corpus(assets / "tokenizer.model", (assets / "heldout.txt").read_text(encoding="utf-8"))
-
-
-def sweep(out: Path | None = None, *, quick: bool = False) -> dict:
-    """Every measurement of notebook 09 on the shipped models; quick: small sizes (tests)."""
-    import warnings
-
-    from . import files, passkey, repeats
-    from .weights import default_model_path, load
-
-    assets = default_model_path().parent
+def sweep() -> dict:
+    """Every measurement of notebook 09 on the shipped models (about 11 minutes on 2 cores)."""
     stream = heldout_stream()
-    swa, full = load(assets / "model"), load(assets / "model-full")
+    swa, full = load(asset("model")), load(asset("model-full"))
     with warnings.catch_warnings():  # the point of the experiment: said in the JSON and the notebook
         warnings.simplefilter("ignore")
-        full_w = load(assets / "model-full", untrained_window=swa.args.sliding_window)
+        full_w = load(asset("model-full"), untrained_window=swa.args.sliding_window)
     W, k = swa.args.sliding_window, swa.args.n_layers
-    n = 32 if quick else 256
+    n = 256
     contexts = [1, 2, 4, 8, 16, 32, 63, 64, 128, 256, 378, 511]
     distances = [16, 24, 32, 48, 63, 64, 96, 128, 192, 256, 378, 379, 480]
-    long_swa, long_full = (2048, 1024) if quick else (32768, 8192)
+    long_swa, long_full = 32768, 8192
     t0 = time.time()
-    result = {"window": W, "n_layers": k, "receptive_field": k * (W - 1), "train_seq_len": swa.args.max_seq_len}
+    result = {"window": W, "n_layers": k, "receptive_field": receptive_field(k, W),
+              "train_seq_len": swa.args.max_seq_len}
     for name, model in (("swa", swa), ("full", full), ("full_through_window", full_w)):
         r = {"loss_by_context": loss_by_context(model, stream, contexts, n=n)}
         for kind, L, rnd in (("copy_text", 24, False), ("copy_random", 16, True)):
-            r[kind] = repeats.copy_losses(model, stream, L, [d for d in distances if d >= L], random_ids=rnd,
+            r[kind] = copying.copy_losses(model, stream, L, [d for d in distances if d >= L], random_ids=rnd,
                                           n=n // 4)
         length = long_swa if model.args.sliding_window is not None else long_full
         chunk = None if model.args.sliding_window is not None else 512  # keys grow: bound the chunk
@@ -107,26 +97,20 @@ def sweep(out: Path | None = None, *, quick: bool = False) -> dict:
                                        position_edges(length - 1))
         result[name] = r
         print(f"{name}: done at {time.time() - t0:.0f} s", file=sys.stderr)
-    probe = load(assets / "passkey")
-    result["passkey"] = passkey.accuracy_by_distance(probe, n=64 if quick else 256)
-    result["environment"] = files.environment("cpu")
+    result["passkey"] = passkey.accuracy_by_distance(load(asset("passkey")), n=256)
     result["wall_s"] = round(time.time() - t0, 1)
-    if out is not None:
-        files.atomic_write_json(out, result)
+    result["slice"] = slice_check()
     return result
 
 
-def main(argv=None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m mistral_lab.context_use", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, required=True, help="write the JSON here")
-    p.add_argument("--threads", type=int, default=2)
-    a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
-    sweep(a.out)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def slice_check() -> dict:
+    """A few seconds of the sweep's measurements, on the same models and stream, that
+    tests/test_results.py re-measures: when the code or the weights move them, the
+    committed sweep is stale. With the weights' fingerprints."""
+    stream = heldout_stream()
+    swa, twin = load(asset("model")), load(asset("model-full"))
+    copy = copying.copy_losses(twin, stream, 16, [16, 100], random_ids=True, n=8)
+    return {"loss_by_context_swa": loss_by_context(swa, stream, [1, 16, 64], n=32)["loss"],
+            "copy_random_twin_first": copy["first"], "copy_random_twin_second": copy["second"],
+            "passkey_accuracy": passkey.accuracy_by_distance(load(asset("passkey")), [4, 40, 61], n=64)["accuracy"],
+            "weights": {name: fingerprint(name) for name in ("model", "model-full", "passkey")}}

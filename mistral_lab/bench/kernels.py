@@ -2,7 +2,8 @@
 
     rows = bench_attention([4096, 8192, 16384, 32768])    # pre-fill, W = 4096
     rows += bench_decode([4096, 32768])                    # one query over the cache
-    write_json(rows, "bench.json")                         # files.environment() + rows
+
+    python -m mistral_lab bench attention|decode --out runs/gpu/attention.json
 
 Every mask here, the peers' included, is masks.visible: FlexAttention gets it as a
 mask_mod (window_mask_mod), the dense SDPA peer as masks.window_mask.
@@ -25,9 +26,12 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-from ..files import atomic_write_json, environment
-from ..masks import visible, visible_pairs, window_mask
+from .. import kernels
+from ..config import ModelArgs
+from ..masks import keys_per_query, visible, visible_pairs, window_mask
+from .fixtures import filled_cache
 
 
 def window_mask_mod(window: int | None, q_offset: int = 0):
@@ -45,34 +49,28 @@ def attention_flops(n: int, window: int | None, heads: int, head_dim: int, batch
 
 
 def decode_flops(n: int, window: int | None, heads: int, head_dim: int, batch: int = 1) -> int:
-    """Useful flops of one decode step at position n - 1: it sees min(n, W) keys."""
-    return 4 * batch * heads * head_dim * (n if window is None else min(n, window))
+    """Useful flops of one decode step at position n - 1 (it sees keys_per_query(n - 1, W) keys)."""
+    return 4 * batch * heads * head_dim * keys_per_query(n - 1, window)
 
 
-def rolling_buffer(n: int, slots: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
-                   device="cuda", batch: int = 1):
-    """A rolling buffer after n tokens: random keys and values for positions
-    max(0, n - slots) .. n - 1 in slot = position mod slots, zeros and position -1 in the
-    slots not yet written. Returns cache_k, cache_v (batch, slots, K, D) and cache_pos (slots,)."""
-    held = torch.arange(max(0, n - slots), n, device=device)
-    slot = held % slots
-    shape = (batch, held.numel(), kv_heads, head_dim)
-    ck = torch.zeros(batch, slots, kv_heads, head_dim, device=device, dtype=dtype)
-    cv = torch.zeros_like(ck)
-    ck[:, slot] = torch.randn(shape, device=device).to(dtype)
-    cv[:, slot] = torch.randn(shape, device=device).to(dtype)
-    cache_pos = torch.full((slots,), -1, dtype=torch.long, device=device)
-    cache_pos[slot] = held
-    return ck, cv, cache_pos
+def one_layer_buffer(n: int, slots: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device="cuda",
+                     batch: int = 1):
+    """One layer's rolling buffer of `slots` after n tokens (fixtures.filled_cache on a
+    one-layer shape): random keys and values at slot = position mod slots. Returns the
+    layer's k, v (batch, slots, K, D) and slot positions (slots,) of sequence 0."""
+    args = ModelArgs(dim=kv_heads * head_dim, n_layers=1, head_dim=head_dim, hidden_dim=1, n_heads=kv_heads,
+                     n_kv_heads=kv_heads, vocab_size=1, sliding_window=slots)
+    layer = filled_cache(args, batch, n, rolling=True, dtype=dtype, device=device).layer(0)
+    return layer.k, layer.v, layer.pos[0]
 
 
 def _require_cuda() -> None:
     if not torch.cuda.is_available():
-        raise RuntimeError("mistral_lab.kernels.bench needs a CUDA GPU (timings in Triton's interpreter mean nothing)")
+        raise ValueError("mistral_lab.bench.kernels needs a CUDA GPU (timings in Triton's interpreter mean nothing)")
 
 
 def _time(fn) -> float:
-    from triton.testing import do_bench
+    from triton.testing import do_bench  # lazy: Triton is optional
 
     return do_bench(fn, warmup=25, rep=100, return_mode="median")
 
@@ -81,7 +79,7 @@ def _time_graph(fn) -> float | None:
     """Median ms of fn's kernels replayed from a CUDA graph: device time without the
     Python launch overhead (tens of microseconds a call, more than a decode step's
     kernels take). None when fn cannot be captured."""
-    from triton.testing import do_bench_cudagraph
+    from triton.testing import do_bench_cudagraph  # lazy: Triton is optional
 
     try:
         return do_bench_cudagraph(fn, rep=100, return_mode="median")
@@ -107,11 +105,7 @@ def bench_attention(n_list, window: int | None = 4096, heads: int = 32, kv_heads
                     dtype: torch.dtype = torch.bfloat16, batch: int = 1, dense_max_n: int = 16384) -> list[dict]:
     """Pre-fill attention over sequences of each length in n_list; one row per (N, impl)."""
     _require_cuda()
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-    from . import triton_backend
-
-    backend = triton_backend()  # compiled kernels (CUDA present)
+    backend = kernels.triton_backend()  # compiled kernels (CUDA present)
     flex = torch.compile(flex_attention, dynamic=False)
     out = []
     for n in n_list:
@@ -150,12 +144,8 @@ def bench_decode(n_list=(4096, 32768), window: int | None = 4096, heads: int = 3
                  head_dim: int = 128, dtype: torch.dtype = torch.bfloat16, batch: int = 1) -> list[dict]:
     """One decode step at position N - 1; one row per (N, impl)."""
     _require_cuda()
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-    from . import triton_backend
-
-    triton_backend()  # compiled kernels (CUDA present), imported in order
-    from .decode_attention import decode_attention
+    kernels.triton_backend()  # compiled kernels (CUDA present), imported in order
+    from ..kernels.decode_attention import decode_attention  # lazy: imports Triton, after the backend decided
 
     flex = torch.compile(flex_attention, dynamic=False)
     elem = torch.finfo(dtype).bits // 8
@@ -164,7 +154,7 @@ def bench_decode(n_list=(4096, 32768), window: int | None = 4096, heads: int = 3
         S = n if window is None else min(window, n)  # the rolling buffer after n tokens
         p = n - 1
         q = torch.randn(batch, 1, heads, head_dim, device="cuda", dtype=dtype)
-        ck, cv, cache_pos = rolling_buffer(n, S, kv_heads, head_dim, dtype, batch=batch)  # every slot filled
+        ck, cv, cache_pos = one_layer_buffer(n, S, kv_heads, head_dim, dtype, batch=batch)  # every slot filled
         position = torch.tensor([p], device="cuda")
         fk = torch.randn(batch, kv_heads, n, head_dim, device="cuda", dtype=dtype)  # a full cache
         fv = torch.randn(batch, kv_heads, n, head_dim, device="cuda", dtype=dtype)
@@ -202,21 +192,6 @@ def bench_decode(n_list=(4096, 32768), window: int | None = 4096, heads: int = 3
     return out
 
 
-def report(rows: list[dict]) -> dict:
-    """files.environment() (date, versions; "device" = the GPU's name, which
-    viz.kernels.load_benchmarks reads) and the rows, NaN as null (JSON has no NaN)."""
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
-    return {**environment(device), "device": device, "rows": clean}
-
-
-def write_json(rows: list[dict], path) -> dict:
-    """Write report(rows) to `path` (files.atomic_write_json); returns it."""
-    doc = report(rows)
-    atomic_write_json(path, doc)
-    return doc
-
-
 def format_rows(rows: list[dict]) -> str:
     lines = [f"{'kind':8} {'N':>6} {'impl':24} {'ms':>9} {'TFLOP/s':>8}  vs"]
     for r in rows:
@@ -226,17 +201,15 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(args) -> dict:
+def measure(what: str) -> dict:
     """`python -m mistral_lab bench attention|decode`: Mistral 7B's attention shapes (Table 1:
     32 query / 8 KV heads, head_dim 128, W = 4096), bf16, batch 1 (docs/ARCHITECTURE.md)."""
     _require_cuda()
-    if args.what == "attention":
-        rows = bench_attention([4096, 8192, 16384, 32768])
-    else:
-        rows = bench_decode([4096, 32768])
+    rows = bench_attention([4096, 8192, 16384, 32768]) if what == "attention" else bench_decode([4096, 32768])
     print(format_rows(rows))
-    return report(rows)
+    clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
+    return {"device": torch.cuda.get_device_name(), "rows": clean}  # NaN as null: JSON has no NaN
 
 
-__all__ = ["attention_flops", "bench_attention", "bench_decode", "decode_flops", "main", "report", "rolling_buffer",
-           "visible_pairs", "window_mask_mod", "write_json"]
+__all__ = ["attention_flops", "bench_attention", "bench_decode", "decode_flops", "measure", "one_layer_buffer",
+           "visible_pairs", "window_mask_mod"]

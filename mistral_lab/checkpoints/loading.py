@@ -1,53 +1,31 @@
-"""Checkpoints: load any of three layouts into a Transformer, and write each of them.
+"""Loading any of three checkpoint layouts into a Transformer.
 
 The layout is detected from the files in the directory (a path may also name a file
 inside it); layouts.py describes each one. This module only orchestrates:
 
     load(path)                 -> Transformer (eval mode, requires_grad off)
-    save(model, path)          the mistral_lab layout (+ tokenizer.model)
-    save_mistral / save_hf     Mistral's original layout / Hugging Face's
 
 dtype: an explicit `dtype` wins. Otherwise the checkpoint's own dtype, except on a CPU,
 where bf16/fp16 checkpoints load as float32 (half-precision matmuls on CPUs are slow).
 
 Tensors are read straight into a model built on the "meta" device (no random
 initialization, no second copy), so the 7B loads in bf16 on a GPU in ~14.5 GB.
-
-Saving is all or nothing. Every file is written to a temporary name beside its target
-(files.atomic_write); when all of them are complete, the old config is removed, the
-weights and tokenizer are renamed into place, and the config is written last. The
-config is what makes a folder loadable, so a kill or a full disk at any moment leaves the
-previous model, or the new one, or a folder `load` refuses in one line: never a mix.
-The mistral_lab config also lists its files (size, and an id stored in the weights'
-header; the tokenizer's sha256), so weights from another save are refused too.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import uuid
+import warnings
 from pathlib import Path
 
 import torch
 
-from . import files as _files
-from .config import ModelArgs, check_fits
-from .layouts import (  # noqa: F401  (re-exported: the public names of this module)
-    BY_NAME, HF, LAYOUTS, MISTRAL, OWN, CheckpointError, Layout, detect, index, permute_for_hf, safe_open,
-    unpermute_from_hf, write_safetensors,
-)
-from .model import Transformer
+from .. import files
+from ..config import ModelArgs, check_fits
+from ..data.assets import default_model_path
+from ..model import Transformer
+from .layouts import BY_NAME, OWN, Layout, detect
+from .tensorfiles import CheckpointError, index, safe_open
 
-CONFIG_FILES = {layout.config_file: layout.name for layout in LAYOUTS}
-
-
-def default_model_path() -> Path:
-    """Where the project's shipped small model lives: <repo>/assets/model."""
-    return Path(__file__).resolve().parent.parent / "assets" / "model"
-
-
-# ---------------------------------------------------------------- loading
 
 # load(untrained_window=...) leaves the window as the checkpoint says unless given this
 TRAINED_WINDOW = object()
@@ -68,8 +46,6 @@ def load(path=None, *, dtype: torch.dtype | None = None, device="cpu", backend: 
     layout = BY_NAME[name]
     config_file, args, tied, config = read_config(folder, name, with_dict=True)
     if untrained_window is not TRAINED_WINDOW and untrained_window != args.sliding_window:
-        import warnings
-
         running_args = args.replace(sliding_window=untrained_window)  # validated before the warning
         trained = "full attention" if args.sliding_window is None else f"a window of {args.sliding_window}"
         running = "full attention" if untrained_window is None else f"a window of {untrained_window}"
@@ -150,23 +126,11 @@ def _check_manifest(folder: Path, config_file: Path, config: dict) -> None:
         if not file.is_file() or file.stat().st_size != entry.get("bytes"):
             raise CheckpointError(f"{file} is missing or not the file {config_file.name} lists "
                                   f"(an interrupted save?): re-save the model")
-        if "save_id" in entry and (layout_meta(file) or {}).get("mistral_lab_save_id") != entry["save_id"]:
+        if "save_id" in entry and (safe_open(file).metadata() or {}).get("mistral_lab_save_id") != entry["save_id"]:
             raise CheckpointError(f"{file} comes from another save than {config_file.name} "
                                   f"(an interrupted save?): re-save the model")
-        if "sha256" in entry and _sha256(file) != entry["sha256"]:
+        if "sha256" in entry and files.sha256(file) != entry["sha256"]:
             raise CheckpointError(f"{file} differs from the file {config_file.name} lists: re-save the model")
-
-
-def layout_meta(file: Path) -> dict | None:
-    return safe_open(file).metadata()
-
-
-def _sha256(file: Path) -> str:
-    h = hashlib.sha256()
-    with open(file, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _check(idx: dict, names: dict, expected: dict, layout: Layout, where: Path, config: str, tied: bool) -> None:
@@ -199,88 +163,3 @@ def default_dtype(stored: torch.dtype, device: torch.device) -> torch.dtype:
     if device.type == "cpu" and stored in (torch.bfloat16, torch.float16):
         return torch.float32  # half-precision matmuls are slow on CPUs
     return stored
-
-
-# ---------------------------------------------------------------- saving
-
-def save(model: Transformer, path, *, dtype: torch.dtype | None = None, tokenizer_file=None) -> Path:
-    """Write the mistral_lab layout: mistral_lab.json + model.safetensors (+ tokenizer.model)."""
-    return save_layout(model, path, OWN, dtype=dtype, tokenizer_file=tokenizer_file)
-
-
-def save_mistral(model: Transformer, path, *, dtype: torch.dtype | None = None, tokenizer_file=None) -> Path:
-    """Write Mistral's original layout: params.json + consolidated.safetensors."""
-    return save_layout(model, path, MISTRAL, dtype=dtype, tokenizer_file=tokenizer_file)
-
-
-def save_hf(model: Transformer, path, *, dtype: torch.dtype | None = None, tokenizer_file=None) -> Path:
-    """Write the Hugging Face layout (config.json + model.safetensors, wq/wk permuted):
-    MistralForCausalLM.from_pretrained(path) runs it."""
-    return save_layout(model, path, HF, dtype=dtype, tokenizer_file=tokenizer_file)
-
-
-def save_layout(model: Transformer, path, layout: str, *, dtype=None, tokenizer_file=None) -> Path:
-    """Write `model` in `layout` into the folder `path`, all or nothing (module docstring)."""
-    spec = BY_NAME[layout]
-    model = getattr(model, "_orig_mod", model)  # a torch.compile'd model wraps the real one
-    args = model.args
-    folder = Path(path).expanduser()
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {spec.to_file(k): spec.save_tensor(k, t, args) for k, t in _state(model, dtype).items()}
-    stored = next(iter(tensors.values())).dtype
-    save_id = uuid.uuid4().hex
-    meta = {"format": "pt", "mistral_lab_save_id": save_id}  # "pt": what transformers expects
-    staged: list[tuple[Path, Path]] = []  # (temporary, final)
-    try:
-        staged.append((_stage(folder / spec.weights_file, lambda f: write_safetensors(f, tensors, meta)),
-                       folder / spec.weights_file))
-        tok_target = folder / "tokenizer.model"
-        if tokenizer_file is not None and Path(tokenizer_file).resolve() != tok_target.resolve():
-            data = Path(tokenizer_file).read_bytes()
-            staged.append((_stage(tok_target, lambda f: f.write(data)), tok_target))
-        config = spec.config_for(args, stored)
-        if layout == OWN:
-            config["files"] = {spec.weights_file: {"bytes": staged[0][0].stat().st_size, "save_id": save_id}}
-            if tok_target.is_file() or tokenizer_file is not None:
-                src = staged[1][0] if len(staged) > 1 else tok_target
-                config["files"]["tokenizer.model"] = {"bytes": src.stat().st_size, "sha256": _sha256(src)}
-        # Everything is on disk: now the short switch. Without its config the folder is
-        # refused by load, so no moment shows the old config beside the new weights.
-        (folder / spec.config_file).unlink(missing_ok=True)
-        for tmp, final in staged:
-            os.replace(tmp, final)
-        staged = []
-        _files.atomic_write_json(folder / spec.config_file, config)
-    finally:
-        for tmp, _ in staged:  # an error before the switch: drop the temporary files
-            tmp.unlink(missing_ok=True)
-    return folder
-
-
-def _stage(target: Path, write) -> Path:
-    """A complete, fsync'ed temporary file beside `target` (renamed into place later)."""
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        _files.atomic_write(tmp, write)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
-
-
-def _state(model, dtype) -> dict[str, torch.Tensor]:
-    out, seen = {}, set()
-    for name, t in model.state_dict().items():
-        t = t.detach().to(device="cpu", dtype=dtype or t.dtype).contiguous()
-        if t.data_ptr() in seen:  # tied weights: write each name's own copy
-            t = t.clone()
-        seen.add(t.data_ptr())
-        out[name] = t
-    return out
-
-
-def load_tokenizer(path=None, *, tokenizer=None):
-    """Moved to tokenizer.load_tokenizer; kept here for code that imports it from weights."""
-    from .tokenizer import load_tokenizer as _load_tokenizer
-
-    return _load_tokenizer(path, tokenizer=tokenizer)

@@ -1,4 +1,4 @@
-"""Measurements on a model that the notebooks plot: how far back information reaches.
+"""How far back information reaches through the layers: the influence of token j on position i.
 
     M = influence(model, ids, positions=[300], layer=3)   # (1, T)
     M[0, j]   # how much the hidden state at 300, after 3 layers, moves with token j
@@ -23,7 +23,7 @@ from typing import Sequence
 
 import torch
 
-from .model import Transformer
+from ..model import Transformer
 
 
 def _directions(probes: int | None, dim: int, seed: int) -> torch.Tensor:

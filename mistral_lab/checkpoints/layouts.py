@@ -10,8 +10,8 @@ A `Layout` says how a folder is recognised (`claims`), how its config becomes Mo
 (`parse`), how our tensor names map to the file's (`to_file`), which files hold the
 weights (`weight_files`), how a tensor changes on the way in and out (`load_tensor`,
 `save_tensor`) and what config the writer puts beside the weights (`config_for`).
-Adding a layout is one new record appended to LAYOUTS (and its test); weights.py, which
-loads and saves, needs no change.
+Adding a layout is one new record appended to LAYOUTS (and its test); loading.py and saving.py
+need no change.
 
 Ours: tok_embeddings, layers.{i}.attention.{wq,wk,wv,wo}, layers.{i}.feed_forward.{w1,w2,w3},
 layers.{i}.attention_norm, layers.{i}.ffn_norm, norm, output (each ".weight").
@@ -35,8 +35,8 @@ from typing import Callable
 
 import torch
 
-from .config import ModelArgs
-from .tensorfiles import CheckpointError, index, safe_open, write_safetensors  # noqa: F401  (the readers every layout shares)
+from ..config import ModelArgs
+from .tensorfiles import CheckpointError
 
 MISTRAL, HF, OWN = "Mistral original", "Hugging Face", "mistral_lab"
 OWN_FORMAT_VERSION = 2  # 1: {format, args} only (the shipped model); 2: adds the manifest of its files
@@ -221,7 +221,8 @@ def _hf_parse(file: Path, c: dict) -> tuple[ModelArgs, bool]:
         max_seq_len=c.get("max_position_embeddings", 8192)), tied
 
 
-def _hf_config(a: ModelArgs, dtype: torch.dtype) -> dict:
+def hf_config(a: ModelArgs, dtype: torch.dtype) -> dict:
+    """config.json of a MistralForCausalLM with these sizes: the one ModelArgs -> Hugging Face mapping."""
     return {
         "architectures": ["MistralForCausalLM"], "model_type": "mistral", "hidden_size": a.dim,
         "num_hidden_layers": a.n_layers, "num_attention_heads": a.n_heads, "num_key_value_heads": a.n_kv_heads,
@@ -265,7 +266,7 @@ LAYOUTS: tuple[Layout, ...] = (
     Layout(MISTRAL, "params.json", "consolidated.safetensors", _mistral_claims, _mistral_parse, _mistral_files,
            _mistral_config, file_names=("consolidated.safetensors", "consolidated.00.pth")),
     Layout(HF, "config.json", "model.safetensors", lambda f: 1 if (f / "config.json").is_file() else None,
-           _hf_parse, _hf_files, _hf_config, to_file=_to_hf, load_tensor=_hf_in, save_tensor=_hf_out,
+           _hf_parse, _hf_files, hf_config, to_file=_to_hf, load_tensor=_hf_in, save_tensor=_hf_out,
            tolerated=lambda raw: raw.endswith("rotary_emb.inv_freq"), file_names=("model.safetensors",)),
     Layout(OWN, "mistral_lab.json", "model.safetensors", lambda f: 3 if (f / "mistral_lab.json").is_file() else None,
            _own_parse, _own_files, _own_config, file_names=("model.safetensors",)),

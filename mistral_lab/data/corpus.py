@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from .files import atomic_write_bytes, atomic_write_json
+from ..files import atomic_write_bytes, atomic_write_json
 
 DOC_SEP = "\f"  # between works in a split's text; never encoded as a token
 

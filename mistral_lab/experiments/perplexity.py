@@ -12,8 +12,8 @@ whole text. (tests/test_cli.py checks this against encode() of the whole text.)
 
 A model without a window has no rolling buffer: its cache grows with the text.
 
-    python -m mistral_lab.perplexity --bench-mb 10 --out benchmarks/perplexity_memory.json
-measures the CLI's peak RSS and wall time on a generated file (assets/heldout.txt repeated).
+`python -m mistral_lab bench perplexity-memory` (bench/perplexity_memory.py) measures
+the CLI's peak RSS and wall time on a generated file (assets/heldout.txt repeated).
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 BLOCK_BYTES = 1 << 20
 
@@ -63,7 +64,7 @@ def token_blocks(tok, path: Path, block_bytes: int = BLOCK_BYTES):
             continue
         ids = tok.sp.encode("\n" + text)
         if ids[:len(newline)] != newline:  # never seen with sentencepiece BPE: say so rather than guess
-            raise RuntimeError(f"the tokenizer {tok.model_file} does not split at newlines: cannot stream {path}")
+            raise ValueError(f"the tokenizer {tok.model_file} does not split at newlines: cannot stream {path}")
         yield text, ids[len(newline):]
 
 
@@ -72,8 +73,6 @@ def file_perplexity(model, tok, path, *, chunk_size: int | None = None, max_toke
                     progress: bool | None = None) -> dict:
     """{"tokens", "nll", "perplexity"} of the text in `path` as one sequence (BOS first).
     progress: a bar on stderr (None: only when stderr is a terminal)."""
-    from tqdm.auto import tqdm
-
     path = Path(path)
     chunk = chunk_size or model.args.sliding_window or 512
     device = next(model.parameters()).device
@@ -105,66 +104,3 @@ def file_perplexity(model, tok, path, *, chunk_size: int | None = None, max_toke
     if n == 0:
         raise ValueError(f"{path} holds a single token: perplexity needs at least two")
     return {"file": str(path), "tokens": n, "nll": round(nll / n, 5), "perplexity": round(math.exp(nll / n), 3)}
-
-
-def bench_memory(size_mb: float, out: Path | None, workdir: Path) -> dict:
-    """Peak RSS and wall time of `python -m mistral_lab perplexity` on a generated file."""
-    import json
-    import os
-    import subprocess
-    import time
-
-    from . import files
-
-    root = Path(__file__).resolve().parent.parent
-    seed = (root / "assets" / "heldout.txt").read_text(encoding="utf-8")
-    target = int(size_mb * 1e6)
-    text = (seed * (target // len(seed) + 1))[:target]
-    text = text[: text.rfind("\n") + 1]
-    sample = workdir / f"perplexity_{size_mb:g}mb.txt"
-    files.atomic_write_text(sample, text)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)}
-    t0 = time.perf_counter()
-    # The CLI itself, in a fresh interpreter that reports its own peak RSS as it exits.
-    code = ("import resource, sys; from mistral_lab.__main__ import main; rc = main(sys.argv[1:]); "
-            "print('MAXRSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)")
-    r = subprocess.run([sys.executable, "-c", code, "perplexity", str(sample)], capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t0
-    if r.returncode:
-        raise RuntimeError(f"perplexity failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
-    result = json.loads(r.stdout)
-    peak_kib = int(r.stderr.rsplit("MAXRSS_KIB", 1)[1].split()[0])  # Linux: KiB
-    report = {"environment": files.environment("cpu"), "model": "assets/model (shipped)",
-              "file_bytes": sample.stat().st_size, "tokens": result["tokens"], "perplexity": result["perplexity"],
-              "peak_rss_mib": round(peak_kib / 1024, 1), "wall_s": round(wall, 1),
-              "command": "python -m mistral_lab perplexity FILE (default chunk = W)"}
-    sample.unlink()
-    if out is not None:
-        files.atomic_write_json(out, report)
-    return report
-
-
-def main(argv=None) -> int:
-    import argparse
-    import json
-    import tempfile
-
-    p = argparse.ArgumentParser(prog="python -m mistral_lab.perplexity", description=__doc__.split("\n\n")[0])
-    p.add_argument("--bench-mb", type=float, nargs="+", default=[10.0], help="sizes of the generated files, MB")
-    p.add_argument("--out", type=Path, default=None, help="write the JSON report here")
-    a = p.parse_args(argv)
-    reports = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for mb in a.bench_mb:  # one subprocess per size: each peak RSS is its own
-            reports.append(bench_memory(mb, None, Path(tmp)))
-            print(json.dumps({k: v for k, v in reports[-1].items() if k != "environment"}), file=sys.stderr)
-    if a.out is not None:
-        from . import files
-
-        files.atomic_write_json(a.out, {"environment": reports[0]["environment"], "runs": [
-            {k: v for k, v in r.items() if k != "environment"} for r in reports]})
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors import safe_open as _open
 
 
 class CheckpointError(ValueError):
@@ -40,8 +42,6 @@ def index(files: list[Path]) -> dict:
 
 
 def safe_open(file: Path):
-    from safetensors import SafetensorError, safe_open as _open
-
     try:
         return _open(str(file), framework="pt", device="cpu")
     except SafetensorError as e:
