@@ -152,6 +152,17 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 RESULT_KEYS = ("benchmark", "date", "commit", "dirty", "command", "environment", "digest")  # every result's header
 
 
+def shown_path(path) -> str:
+    """A path as a reader should see it: relative to the repository when inside it (a saved
+    notebook or a committed result then never shows the home folder of the machine that
+    ran it), else as given."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(REPOSITORY))
+    except ValueError:
+        return str(path)
+
+
 def provenance(repo: Path = REPOSITORY) -> dict:
     """{"commit": the checkout's HEAD, "dirty": whether tracked files differ from it}; both
     None outside a git checkout (an installed wheel) or without git."""
@@ -196,4 +207,5 @@ def write_result(path, benchmark: str, body: dict, *, command: str, device: str 
 
 
 __all__ = ["RESULT_KEYS", "atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
-           "check_writable", "cpu_name", "digest", "environment", "provenance", "result", "sha256", "write_result"]
+           "check_writable", "cpu_name", "digest", "environment", "provenance", "result", "sha256", "shown_path",
+           "write_result"]

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from .files import shown_path
 from .tokens import id_list
 
 # The guardrail system prompt of the Mistral 7B paper (section 5).
@@ -99,7 +100,7 @@ class Tokenizer:
         return [self.sp.id_to_piece(i) for i in self._check(ids)]
 
     def __repr__(self) -> str:
-        return f"Tokenizer({str(self.model_file)!r}, vocab_size={self.vocab_size})"
+        return f"Tokenizer({shown_path(self.model_file)!r}, vocab_size={self.vocab_size})"
 
 
 class StreamDecoder:

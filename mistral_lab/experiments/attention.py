@@ -145,3 +145,18 @@ def summary_table(rows: list[dict], columns=("bos", "bos_x", "oldest", "oldest_x
         cells = " ".join(f"{r[c]:8.1f}" if c in ("reach90", "bos_x", "oldest_x") else f"{r[c]:8.3f}" for c in columns)
         lines.append(f"{r['layer']:>5} {r['head']:>4} {r['kv_head']:>3} {cells}")
     return "\n".join(lines)
+
+
+def plan(args, tokens: int, budget_bytes: int) -> tuple[int, tuple[int, ...]]:
+    """(tokens, layers) of an attention view that fits budget_bytes of bands (fp32, every
+    head): all layers when they fit, else evenly spaced ones (first and last kept), and
+    fewer tokens only when not even one layer fits."""
+    width = args.sliding_window or min(NO_WINDOW_WIDTH, tokens)
+    per_layer = args.n_heads * tokens * width * 4
+    n_layers = max(1, min(args.n_layers, budget_bytes // max(per_layer, 1)))
+    if budget_bytes < per_layer:  # not one layer: fewer tokens, at least two windows' worth when possible
+        tokens = max(1, budget_bytes // (args.n_heads * width * 4))
+    if n_layers >= args.n_layers:
+        return tokens, tuple(range(args.n_layers))
+    step = (args.n_layers - 1) / max(n_layers - 1, 1)
+    return tokens, tuple(sorted({round(i * step) for i in range(n_layers)}))

@@ -76,3 +76,31 @@ def reach(row: torch.Tensor, position: int) -> int:
     """How many positions back a row of influence is nonzero: position - (first j with influence > 0)."""
     nz = torch.nonzero(row > 0).flatten()
     return position - int(nz.min())
+
+
+def flops(args, tokens: int, layers: int, probes: int | None = 4) -> float:
+    """About what influence(...) costs for one output position through `layers` blocks:
+    forward and backward (3x a forward) of `probes` copies (dim copies when exact) of
+    `tokens` tokens, 2 flops per weight per token in each block."""
+    per_block = args.n_params() / args.n_layers  # close enough: the embeddings are read, not multiplied
+    copies = args.dim if probes is None else probes
+    return 2 * 3 * per_block * layers * tokens * copies
+
+
+def depth_within(args, budget_flops: float, *, probes: int | None = 4, margin: int = 22,
+                 cap_tokens: int = 4096) -> tuple[int, int]:
+    """(layers, tokens) of the deepest influence measurement of notebook 02 that fits a
+    compute budget: for k layers, a text of k(W - 1) + margin tokens (so the last row's
+    field fits inside it), every depth 0..k measured. (0, margin) when not even one layer
+    fits; without a window a fixed text of cap_tokens // 10 tokens."""
+    W = args.sliding_window
+    best = (0, margin)
+    for k in range(1, args.n_layers + 1):
+        tokens = (cap_tokens // 10) if W is None else k * (W - 1) + margin
+        if tokens > cap_tokens:
+            break
+        cost = sum(flops(args, tokens, d, probes) for d in range(k + 1))
+        if cost > budget_flops:
+            break
+        best = (k, tokens)
+    return best

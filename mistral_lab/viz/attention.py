@@ -15,6 +15,7 @@ from plotly.subplots import make_subplots
 
 from ..experiments.attention import AttentionBands, profile
 from . import escape_label
+from .axes import log_axis
 from .widgets import controls
 
 MAX_ROWS = 600  # query rows stored in a saved figure: 600 x 64 values keep a notebook small
@@ -85,7 +86,8 @@ def attention_figure(bands: AttentionBands, layer: int, head: int, pieces: list[
         step = max(1, len(y) // 24)
         fig.update_yaxes(tickvals=y[::step], ticktext=[f"{p} {_piece(pieces, p)}" for p in y[::step]], row=1, col=1)
     fig.update_yaxes(autorange="reversed", title_text="query position", row=1, col=1)
-    fig.update_yaxes(type="log", title_text="mean p", row=2, col=1)
+    profile_values = [v for tr in fig.data[1:] for v in tr.y if v and v > 0]
+    log_axis(fig, "y", profile_values, row=2, col=1, title="mean p")
     fig.update_xaxes(title_text="distance back (query position − key position)", row=2, col=1)
     shown_note = f", 1 query in {stride} shown ({len(shown)} of {len(sel)})" if stride > 1 else ""
     fig.update_layout(title=title or f"layer {layer}, head {head} (K/V head {head // bands.n_rep}): "

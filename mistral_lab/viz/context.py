@@ -9,6 +9,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 
 from ..masks import receptive_field
+from .axes import log_axis, mark
 
 NAMES = {"swa": "SWA model (W = {W})", "full": "full-attention twin",
          "full_through_window": "twin run with a window of {W} (never trained so)"}
@@ -19,23 +20,22 @@ def _name(key: str, r: dict) -> str:
     return NAMES[key].format(W=r["window"])
 
 
-def _marks(fig: go.Figure, r: dict, *, train_len: bool = False, axis_max=None) -> None:
-    """Vertical lines at W - 1, k(W - 1) (and the training length)."""
+def _marks(fig: go.Figure, r: dict, *, train_len: bool = False, axis_max=None, log: bool = False) -> None:
+    """Vertical lines at W - 1, k(W - 1) (and the training length), labelled (axes.mark)."""
     W, field = r["window"], receptive_field(r["n_layers"], r["window"])
     lines = [(W - 1, f"W - 1 = {W - 1}", "dot"), (field, f"k(W - 1) = {field}", "dash")]
     if train_len:
         lines.append((r["train_seq_len"], f"trained on {r['train_seq_len']}", "dashdot"))
     for x, text, dash in lines:
         if axis_max is None or x <= axis_max:
-            fig.add_vline(x=x, line_dash=dash, line_color="gray", annotation_text=text,
-                          annotation_position="top")
+            mark(fig, x, text, log=log, dash=dash, row=None, col=None)
 
 
 def _layout(fig: go.Figure, title: str, x: str, y: str, *, logx: bool = True) -> go.Figure:
     fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, height=460, margin=dict(l=60, r=20, t=70, b=50),
                       legend=dict(orientation="h", x=0, y=-0.2, yanchor="top"))  # below: never over a curve
     if logx:
-        fig.update_xaxes(type="log")
+        log_axis(fig, "x")
     return fig
 
 
@@ -47,7 +47,7 @@ def context_figure(r: dict, keys=("swa", "full", "full_through_window")) -> go.F
             d = r[key]["loss_by_context"]
             fig.add_scatter(x=d["context"], y=d["loss"], mode="lines+markers", name=_name(key, r),
                             line_color=COLORS[key])
-    _marks(fig, r, axis_max=max(r["swa"]["loss_by_context"]["context"]))
+    _marks(fig, r, axis_max=max(r["swa"]["loss_by_context"]["context"]), log=True)
     return _layout(fig, "Loss against the context given (held-out text)", "tokens of context given (c)",
                    "loss, nats/token")
 
@@ -96,7 +96,7 @@ def position_figure(r: dict, keys=("swa", "full", "full_through_window")) -> go.
         mid = [(a + b) / 2 for a, b in zip(d["start"], d["end"])]
         fig.add_scatter(x=mid, y=d["loss"], mode="lines+markers", name=_name(key, r), line_color=COLORS[key],
                         text=[f"positions {a:,}-{b - 1:,}" for a, b in zip(d["start"], d["end"])])
-    fig.add_vline(x=r["train_seq_len"], line_dash="dashdot", line_color="gray",
-                  annotation_text=f"trained on {r['train_seq_len']} tokens", annotation_position="top")
+    mark(fig, r["train_seq_len"], f"trained on {r['train_seq_len']} tokens", log=True, dash="dashdot", row=None,
+         col=None)
     return _layout(fig, "Loss against position in one long sequence (held-out text)", "position (log)",
                    "mean loss in the range, nats/token")

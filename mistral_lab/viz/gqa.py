@@ -13,6 +13,7 @@ from plotly.subplots import make_subplots
 from ..config import ModelArgs
 from ..experiments.gqa import decode_kv_bytes
 from . import escape_label
+from .axes import log_axis
 
 
 def head_sharing_figure(args: ModelArgs, title: str = "") -> go.Figure:
@@ -78,8 +79,8 @@ def throughput_figure(rows: list[dict], context: int) -> go.Figure:
             fig.add_scatter(x=[b for b, _ in pts], y=[t for _, t in pts], mode="lines+markers",
                             name=f"{variant.upper()} ({heads} K/V heads), {kind} cache",
                             line=dict(color=styles[variant], dash=dash))
-    fig.update_xaxes(type="log", title="batch (sequences decoded together; each line ends at the largest that fits)")
-    fig.update_yaxes(type="log", title="tokens / s")
+    log_axis(fig, "x", title="batch (sequences decoded together; each line ends at the largest that fits)")
+    log_axis(fig, "y", title="tokens / s")
     fig.update_layout(title=f"decode throughput at {context:,} tokens of context, one cache budget", height=420,
                       margin=dict(l=60, r=20, t=50, b=50), legend=dict(orientation="h", y=-0.25))
     return fig

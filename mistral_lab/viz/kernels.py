@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import plotly.graph_objects as go
 
+from .axes import log_axis
+
 # One name and one colour per method in every plot: our JSON's impl keys are shown under
 # the names the peers' numbers use, so the same method looks the same in both figures.
 METHOD_NAMES = {
@@ -78,10 +80,10 @@ def prefill_bench_figure(rows: list[dict], title: str) -> go.Figure:
     fig.update_layout(title=dict(text=title, font=dict(size=15)),
                       xaxis=dict(title="sequence length N (tokens)", type="log", tickvals=ns,
                                  ticktext=[tokens_tick(n) for n in ns]),
-                      yaxis=dict(title="ms (log)", type="log"), height=420,
+                      yaxis=dict(title="ms (log)"), height=420,
                       legend=dict(orientation="h", yanchor="top", y=-0.2, x=0),
                       margin=dict(l=50, r=20, t=50, b=40))
-    return fig
+    return log_axis(fig, "y")
 
 
 def benchmark_summary(rows: list[dict]) -> str:

@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 
 from ..cache import cache_bytes
 from ..config import ModelArgs
+from .axes import log_axis
 from .widgets import controls
 
 GIB = 2**30
@@ -55,8 +56,8 @@ def measured_figure(runs, args: ModelArgs | None = None, bytes_per_element: int 
         xs = list(range(step, n + 1, step))  # from one step, not 0: log y has no zero
         fig.add_scatter(x=xs, y=[cache_bytes(args, t, rolling=False, bytes_per_element=bytes_per_element) / 2**20
                                  for t in xs], name="tokens x bytes per token", line=dict(dash="dot"))
-    fig.update_layout(title="cache.nbytes during a chunked pre-fill of the shipped model",
-                      xaxis_title="tokens pre-filled", yaxis=dict(title="MiB allocated for K and V (log)", type="log"),
+    fig.update_layout(title="cache.nbytes during a chunked pre-fill",
+                      xaxis_title="tokens pre-filled", yaxis=dict(title="MiB allocated for K and V (log)"),
                       height=420, margin=dict(l=50, r=20, t=50, b=40),
                       legend=dict(orientation="h", yanchor="top", y=-0.18, x=0))  # below: no line under it
-    return fig
+    return log_axis(fig, "y")

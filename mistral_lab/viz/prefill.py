@@ -13,6 +13,7 @@ import torch
 from ..experiments.prefill import cache_before_chunk
 from ..masks import mask_for
 from . import escape_label
+from .axes import log_axis
 from .widgets import controls
 
 
@@ -78,7 +79,8 @@ def memory_figure(rows: list[dict], tokens: int) -> go.Figure:
     fig = go.Figure()
     fig.add_scatter(x=xs, y=[r["scores"] / 1024 for r in rows], name="attention scores (one layer)", mode="lines+markers")
     fig.add_scatter(x=xs, y=[r["cache"] / 1024 for r in rows], name="rolling buffer (all layers)", mode="lines+markers")
-    fig.update_layout(title=f"memory during pre-fill of {tokens} tokens vs chunk size", xaxis_type="log",
+    log_axis(fig, "x")
+    fig.update_layout(title=f"memory during pre-fill of {tokens} tokens vs chunk size",
                       xaxis_title="chunk size (tokens)", yaxis_title="KiB", height=340,
                       margin=dict(l=60, r=10, t=50, b=40))
     return fig
