@@ -39,9 +39,9 @@ def log_ticks(lo: float, hi: float, max_ticks: int = 9) -> list[float]:
     return sorted(set(round(t, 12) for t in inside))
 
 
-def log_axis(fig, axis: str = "y", values=None, *, row=None, col=None, title: str | None = None):
+def log_axis(fig, axis: str = "y", values=None, *, row=None, col=None, title: str | None = None, **where):
     """Make `axis` ("x" or "y") logarithmic with readable ticks over `values` (default: the
-    positive data of the figure's traces on that axis)."""
+    positive data of the figure's traces on that axis). where: e.g. secondary_y=True."""
     if values is None:
         values = [v for tr in fig.data for v in (getattr(tr, axis) or []) if isinstance(v, (int, float)) and v > 0]
     update = fig.update_xaxes if axis == "x" else fig.update_yaxes
@@ -51,7 +51,7 @@ def log_axis(fig, axis: str = "y", values=None, *, row=None, col=None, title: st
         kw.update(tickvals=ticks, ticktext=[_label(t) for t in ticks], minor=dict(showgrid=False))
     if title is not None:
         kw["title_text"] = title
-    update(row=row, col=col, **kw)
+    update(row=row, col=col, **where, **kw)
     return fig
 
 

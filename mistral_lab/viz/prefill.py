@@ -13,7 +13,7 @@ import torch
 from ..experiments.prefill import cache_before_chunk
 from ..masks import mask_for
 from . import escape_label
-from .axes import log_axis
+from .axes import LABEL_SIZE, log_axis
 from .widgets import controls
 
 
@@ -21,9 +21,11 @@ def _label(pieces: list[str], p: int) -> str:
     return f"{escape_label(pieces[p].replace('▁', '·'))} @{p}"
 
 
-def chunk_figure(pieces: list[str], cache_positions: list[int], start: int, length: int, window: int) -> go.Figure:
+def chunk_figure(pieces: list[str], cache_positions: list[int], start: int, length: int, window: int | None,
+                 size: int | None = None) -> go.Figure:
     """Rows: the chunk's tokens. Columns: the cache's slots (what they hold), then the chunk.
-    Blue: the query sees that key (ml.visible on absolute positions)."""
+    Blue: the query sees that key (ml.visible on absolute positions). size: the chunk size
+    asked for, when this chunk is the last and shorter (the text ran out)."""
     q = torch.arange(start, start + length)
     kv = torch.cat((torch.tensor(cache_positions), q))
     mask = mask_for(q, kv, window).int()  # (length, slots + length)
@@ -43,12 +45,13 @@ def chunk_figure(pieces: list[str], cache_positions: list[int], start: int, leng
     fig.add_vline(x=S - 0.5, line_color="black")
     step = max(1, len(cols) // 24)
     fig.update_xaxes(tickvals=list(range(0, len(cols), step)), ticktext=cols[::step], tickangle=-60,
-                     tickfont=dict(size=9))
+                     tickfont=dict(size=LABEL_SIZE - 2))
     rstep = max(1, length // 16)
     fig.update_yaxes(autorange="reversed", tickvals=list(range(0, length, rstep)), ticktext=rows[::rstep],
-                     tickfont=dict(size=9))
-    fig.update_layout(title=f"chunk of {length} tokens at positions {start}–{start + length - 1}: "
-                            f"{S} cache slots | the chunk itself", height=460,
+                     tickfont=dict(size=LABEL_SIZE - 2))
+    cut = f" (the last chunk: only {length} of {size} tokens remain)" if size and length < size else ""
+    fig.update_layout(title=f"chunk at positions {start}–{start + length - 1}{cut}:<br>"
+                            f"<sup>{S} cache slots | the chunk's {length} tokens</sup>", height=480,
                       margin=dict(l=110, r=10, t=50, b=150))
     return fig
 
@@ -56,7 +59,7 @@ def chunk_figure(pieces: list[str], cache_positions: list[int], start: int, leng
 def chunk_explorer(model, ids: list[int], pieces: list[str], chunk: int = 32, index: int = 3):
     """Sliders for chunk size and chunk index redrawing chunk_figure from a real cache."""
     W = model.args.sliding_window
-    size = widgets.IntSlider(value=chunk, min=1, max=2 * W, description="chunk size", continuous_update=False)
+    size = widgets.IntSlider(value=chunk, min=1, max=2 * (W or chunk), description="chunk size", continuous_update=False)
     idx = widgets.IntSlider(value=index, min=0, max=(len(ids) - 1) // chunk, description="chunk index",
                             continuous_update=False)
 
@@ -68,19 +71,26 @@ def chunk_explorer(model, ids: list[int], pieces: list[str], chunk: int = 32, in
     def draw(size: int, index: int):
         start = index * size
         return chunk_figure(pieces, cache_before_chunk(model, ids, size, index), start,
-                            min(size, len(ids) - start), W)
+                            min(size, len(ids) - start), W, size)
 
     return controls(draw, size=size, index=idx)
 
 
 def memory_figure(rows: list[dict], tokens: int) -> go.Figure:
-    """Score-matrix and cache bytes (KiB) against chunk size."""
+    """Score-matrix and cache bytes (KiB, left) and the forward passes the pre-fill takes
+    (right) against chunk size: what a small chunk saves and what it costs."""
+    from plotly.subplots import make_subplots
+
     xs = [r["chunk"] for r in rows]
-    fig = go.Figure()
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
     fig.add_scatter(x=xs, y=[r["scores"] / 1024 for r in rows], name="attention scores (one layer)", mode="lines+markers")
     fig.add_scatter(x=xs, y=[r["cache"] / 1024 for r in rows], name="rolling buffer (all layers)", mode="lines+markers")
+    fig.add_scatter(x=xs, y=[-(-tokens // c) for c in xs], name="forward passes (right axis)", mode="lines+markers",
+                    line=dict(dash="dot"), secondary_y=True)
     log_axis(fig, "x")
-    fig.update_layout(title=f"memory during pre-fill of {tokens} tokens vs chunk size",
-                      xaxis_title="chunk size (tokens)", yaxis_title="KiB", height=340,
-                      margin=dict(l=60, r=10, t=50, b=40))
+    log_axis(fig, "y", [v for tr in fig.data[:2] for v in tr.y], secondary_y=False)
+    log_axis(fig, "y", [-(-tokens // c) for c in xs], secondary_y=True, title="forward passes")
+    fig.update_layout(title=f"memory and passes of a pre-fill of {tokens} tokens against chunk size",
+                      xaxis_title="chunk size (tokens)", yaxis_title="KiB", height=380,
+                      margin=dict(l=60, r=60, t=50, b=40), legend=dict(orientation="h", y=-0.25))
     return fig
