@@ -36,9 +36,10 @@ def heldout_text() -> str:
     return asset("heldout.txt").read_text(encoding="utf-8")
 
 
-def heldout_stream() -> np.ndarray:
-    """The held-out split as the shipped models were evaluated on it (BOS before each work)."""
-    return encode_corpus(asset("tokenizer.model"), heldout_text())
+def heldout_stream(tokenizer_file: str | Path | None = None) -> np.ndarray:
+    """The held-out split as the shipped models were evaluated on it (BOS before each work),
+    or through another model's tokenizer file (a notebook run on another checkpoint)."""
+    return encode_corpus(tokenizer_file or asset("tokenizer.model"), heldout_text())
 
 
 __all__ = ["ASSETS", "asset", "default_model_path", "fingerprint", "heldout_stream", "heldout_text"]

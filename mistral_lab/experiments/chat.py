@@ -1,15 +1,10 @@
 """The v0.1 chat format checked against Mistral's own encoder, and a guarded answer from
-real Mistral-7B-Instruct-v0.1 weights when a GPU and the weights are at hand.
+the notebook's model when it is Mistral-7B-Instruct-v0.1 (any other says why not).
 
     mistral_common_ids(messages, GUARDRAIL_PROMPT) == encode_chat(tok, messages, GUARDRAIL_PROMPT)
 """
 from __future__ import annotations
 
-import os
-
-import torch
-
-from ..checkpoints import load
 from ..generate import generate
 from ..tokenizer import Tokenizer, encode_chat
 
@@ -27,17 +22,18 @@ def mistral_common_ids(messages: list[dict], system_prompt: str | None = None) -
     return MistralTokenizer.v1().encode_chat_completion(ChatCompletionRequest(messages=msgs)).tokens
 
 
-def guarded_answer(question: str, system_prompt: str, path: str | None = None, max_new_tokens: int = 128) -> str:
-    """Answer with real Mistral-7B-Instruct-v0.1 weights (MISTRAL_INSTRUCT_PATH, a CUDA GPU),
-    or say why it is skipped."""
-    path = path or os.environ.get("MISTRAL_INSTRUCT_PATH")
-    if not path:
-        return ("skipped: set MISTRAL_INSTRUCT_PATH to a Mistral-7B-Instruct-v0.1 checkpoint directory "
-                "(about 14.5 GB of bf16 weights) to see the guarded answer")
-    if not torch.cuda.is_available():
-        return f"skipped: MISTRAL_INSTRUCT_PATH={path} is set, but the 7B in bf16 needs a CUDA GPU"
-    model = load(path, dtype=torch.bfloat16, device="cuda")
-    tok = Tokenizer.mistral_v1()
+def guarded_answer(model, tok: Tokenizer, question: str, system_prompt: str, *, name: str = "this model",
+                   max_new_tokens: int = 128) -> str:
+    """The model's answer to one guarded question, or one line saying why it would mean nothing.
+
+    Only weights fine-tuned on the v0.1 chat format answer it (Mistral-7B-Instruct-v0.1): they
+    share Mistral's 32,000-piece v1 vocabulary. Any other checkpoint -- the shipped Shakespeare
+    model included -- never saw `[INST]`, so its continuation is not an answer."""
+    v1 = Tokenizer.mistral_v1().vocab_size
+    if model.args.vocab_size != v1 or tok.vocab_size != v1:
+        return (f"skipped: {name} has a vocabulary of {model.args.vocab_size}, not the v1 tokenizer's {v1}: it was "
+                f"not fine-tuned on this chat format. Run this notebook with model = a Mistral-7B-Instruct-v0.1 folder "
+                f"(papermill -p model DIR, or MISTRAL_LAB_MODEL=DIR) to see the guarded answer")
     ids = encode_chat(tok, [{"role": "user", "content": question}], system_prompt=system_prompt)
     out = generate(model, ids, max_new_tokens, eos_id=tok.eos_id)
     return tok.decode(out.new_tokens)

@@ -62,6 +62,13 @@ def binned(nll: np.ndarray, edges) -> dict:
     return {"start": edges[:-1], "end": edges[1:], "loss": means}
 
 
+def at(curve: dict, x: int, field: str = "loss") -> float:
+    """One value of a measured curve where its x (context, distance or bin start) equals x:
+    how prose quotes a sweep, so that a re-measured sweep changes the sentence too."""
+    axis = next(k for k in ("context", "distance", "start") if k in curve)
+    return curve[field][curve[axis].index(x)]
+
+
 def position_edges(length: int, first: int = 16) -> list[int]:
     """0, then powers of two from `first` up to `length`: bins that read on a log axis."""
     edges, e = [0], first

@@ -109,3 +109,22 @@ def benchmark_summary(rows: list[dict]) -> str:
             lines.append(f"{r['N']:>6} {r['impl']:>24} {1000 * r['ms']:8.1f} us  "
                          f"{r['gbps_min_bytes']:7.0f} GB/s of the fewest bytes")
     return "\n".join(lines)
+
+
+def speed_figure(r: dict) -> go.Figure:
+    """Seconds per pre-fill against length, window vs full attention (experiments/speed.py),
+    with the window W marked: the lines part where full attention starts doing more work."""
+    fig = go.Figure()
+    fig.add_scatter(x=r["lengths"], y=r["full_s"], mode="lines+markers", name="full attention (a full cache)",
+                    line=dict(color=METHOD_COLOURS["SDPA causal (flash)"]))
+    fig.add_scatter(x=r["lengths"], y=r["window_s"], mode="lines+markers", name=f"sliding window, W = {r['window']}",
+                    line=dict(color=METHOD_COLOURS["Triton sliding window (ours)"]))
+    fig.update_layout(title="pre-fill time on this machine, through the package's own attention",
+                      xaxis_title="tokens pre-filled", yaxis_title="seconds", height=400,
+                      margin=dict(l=60, r=20, t=50, b=50), legend=dict(orientation="h", y=-0.25))
+    log_axis(fig, "x")
+    log_axis(fig, "y")
+    fig.add_vline(x=r["window"], line_dash="dot", line_color="gray")
+    fig.add_annotation(x=math.log10(r["window"]), y=1.0, xref="x", yref="paper", text=f"W = {r['window']}",
+                       showarrow=False, xanchor="left", yanchor="bottom")
+    return fig

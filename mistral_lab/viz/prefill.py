@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 import torch
 
 from ..experiments.prefill import cache_before_chunk
@@ -79,8 +80,6 @@ def chunk_explorer(model, ids: list[int], pieces: list[str], chunk: int = 32, in
 def memory_figure(rows: list[dict], tokens: int) -> go.Figure:
     """Score-matrix and cache bytes (KiB, left) and the forward passes the pre-fill takes
     (right) against chunk size: what a small chunk saves and what it costs."""
-    from plotly.subplots import make_subplots
-
     xs = [r["chunk"] for r in rows]
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     fig.add_scatter(x=xs, y=[r["scores"] / 1024 for r in rows], name="attention scores (one layer)", mode="lines+markers")
