@@ -28,6 +28,8 @@ EXPECTED_FAILURES = {
     mistakes.receptive_field_kw: ("one layer", "k * (W - 1)"),
     mistakes.rolling_slot_no_wrap: ("position W, first wrap", "position % W"),
     mistakes.rolling_slot_evicts_plus_one: ("position W-1, last empty slot", "not position - W + 1"),
+    mistakes.rolling_slot_negative_eviction: ("position 0, empty buffer", "not the negative number"),
+    mistakes.rolling_slot_evicts_late: ("position W, first wrap", "one step late"),
     mistakes.chunk_mask_ignores_empty: ("empty cache", "-1"),
     mistakes.chunk_mask_by_slot: ("empty cache", "slot index"),
     mistakes.kv_bytes_n_heads: ("Mistral 7B in bf16", "n_kv_heads, not n_heads"),
@@ -88,6 +90,14 @@ def test_a_crashing_or_odd_answer_is_reported_not_raised():
     assert not r.passed and "pass the function itself" in r.hint
     r = ex.check_chunk_mask(lambda c, q, W: [[True]])
     assert not r.passed and "shape (1, 1)" in repr(r)
+
+
+def test_rolling_slot_hint_names_the_wrong_half():
+    # an eviction wrong in a way no listed mistake is: the hint is about the eviction, not the slot
+    r = ex.check_rolling_slot(lambda p, W: (p % W, p - W - 1 if p > W else None))
+    assert not r.passed and "your slots are right; the evicted position is not" in r.hint
+    r = ex.check_rolling_slot(lambda p, W: ((p + 1) % W, p - W if p >= W else None))
+    assert not r.passed and "your evictions are right; the slot is not" in r.hint
 
 
 def test_answers_as_tensors_and_numbers_are_accepted():

@@ -40,6 +40,14 @@ def checkpoints(tmp_path_factory):
     return {"other": write(root / "other", OTHER), "no_window": write(root / "no_window", NO_WINDOW)}
 
 
+NO_WINDOW_SAID = re.compile(r"no window|without a window|full attention|full causal", re.I)
+
+
+def _text(output: dict) -> str:
+    data = output.get("data", {})
+    return "".join(output.get("text", "")) + "".join(data.get("text/markdown", "")) + "".join(data.get("text/plain", ""))
+
+
 def _code(nb: dict) -> list[str]:
     return ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
 
@@ -68,6 +76,9 @@ def test_notebook_runs_on_another_checkpoint(src, kind, checkpoints, tmp_path, m
     shown = "".join(o.get("data", {}).get("text/plain", "") for c in code for o in c["outputs"] if "data" in o)
     args = NO_WINDOW if kind == "no_window" else OTHER
     assert f"dim {args.dim}" in shown and f"{args.n_layers} layers" in shown, f"{src.name}: the model is not shown"
+    if kind == "no_window":  # beyond the model's own description, the notebook says what having no window changes
+        said = [_text(o) for c in code for o in c["outputs"]]
+        assert any(NO_WINDOW_SAID.search(t) for t in said if "K/V heads" not in t), f"{src.name}: silent about no window"
 
 
 def test_bad_parameter_fails_in_the_loading_cell_in_one_line(tmp_path, monkeypatch):

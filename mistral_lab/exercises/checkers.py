@@ -108,7 +108,19 @@ def check_rolling_slot(fn, raise_on_fail: bool = False) -> Result:
         case("window of one", 6, 1, "W = 1: one slot, each position evicts the one before"),
         case("the shipped model's buffer", 300, 64, "W = 64 after 300 positions"),
     ]
-    return grade("rolling_slot", fn, cases, normalize=as_slot, raise_on_fail=raise_on_fail)
+    return grade("rolling_slot", fn, cases, normalize=as_slot, explain=_explain_slot, raise_on_fail=raise_on_fail)
+
+
+def _explain_slot(cases: list[Case], got: list) -> str | None:
+    """Which half of (slot, evicted) is wrong over all cases: a hint for that half."""
+    def right(i):
+        return all(isinstance(g, tuple) and len(g) == 2 and g[i] == c.expected[i] for c, g in zip(cases, got))
+    if right(0) and not right(1):
+        return ("your slots are right; the evicted position is not: the slot position % W last held position - W, "
+                "and nothing (None) while position < W")
+    if right(1) and not right(0):
+        return "your evictions are right; the slot is not: a W-slot buffer puts position p in slot p % W"
+    return None
 
 
 # --------------------------------------------------------------------------- 04 chunk mask

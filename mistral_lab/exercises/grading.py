@@ -70,7 +70,7 @@ def _call(fn, args, normalize):
         return Raised(e)
 
 
-def grade(exercise: str, fn: Callable, cases: list[Case], *, normalize=lambda x: x, diff=None,
+def grade(exercise: str, fn: Callable, cases: list[Case], *, normalize=lambda x: x, diff=None, explain=None,
            raise_on_fail: bool = False) -> Result:
     if not callable(fn):
         result = Result(exercise, False, len(cases), case="(none)", expected="a function", got=fn,
@@ -88,6 +88,8 @@ def grade(exercise: str, fn: Callable, cases: list[Case], *, normalize=lambda x:
         if all(_same(g2, _call(wrong, c2.args, normalize)) for c2, g2 in zip(cases, got)):
             hint = mistake_hint
             break
+    else:  # no known mistake: what is wrong over all cases (explain), before what the first failing case tests
+        hint = (explain(cases, got) if explain is not None else None) or hint
     if isinstance(g, Raised):
         hint = f"your function raised {g.text}; {hint}"
     detail = diff(c.expected, g) if diff is not None and not isinstance(g, Raised) else None
@@ -127,7 +129,7 @@ def as_int(x):
 def as_slot(x):
     if isinstance(x, (tuple, list)) and len(x) == 2:
         slot, ev = as_int(x[0]), as_int(x[1])
-        return slot, (None if ev is None or (isinstance(ev, int) and ev < 0) else ev)
+        return slot, (None if ev == -1 else ev)  # -1: the cache's own mark for "no position"; -4 is a wrong answer
     return x
 
 

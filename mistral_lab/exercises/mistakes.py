@@ -50,6 +50,14 @@ def rolling_slot_evicts_plus_one(position, W):
     return position % W, (ev if ev >= 0 else None)
 
 
+def rolling_slot_negative_eviction(position, W):
+    return position % W, position - W  # "evicts" position -4 while the buffer fills
+
+
+def rolling_slot_evicts_late(position, W):
+    return position % W, (position - W if position > W else None)  # position W evicts nothing
+
+
 # 04 -- chunk_mask(cache_pos, chunk_pos, W)
 def _vis(q, kv, W):
     return 0 <= kv <= q and (W is None or kv > q - W)
@@ -103,6 +111,10 @@ MISTAKES = {
         (rolling_slot_no_wrap, "slot = position never wraps: a W-slot buffer has slots 0..W-1, so use position % W"),
         (rolling_slot_evicts_plus_one, "off by one: the slot position % W last held position - W (the same "
                                        "residue mod W), not position - W + 1"),
+        (rolling_slot_negative_eviction, "your slots are right, but while the buffer fills (position < W) nothing "
+                                         "is evicted: return None there, not the negative number position - W"),
+        (rolling_slot_evicts_late, "your slots are right, but one step late: position W already evicts position 0 "
+                                   "(its slot 0 is full), so evict when position >= W, not > W"),
     ],
     "chunk_mask": [
         (chunk_mask_ignores_empty, "empty cache slots hold position -1 and must never be visible: add kv >= 0"),

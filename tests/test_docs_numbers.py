@@ -1,0 +1,90 @@
+"""The numbers docs/TEACHING.md states about the 7B, recomputed from the package's arithmetic:
+edit the preset or the cache and the page must change with it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import mistral_lab as ml
+from mistral_lab.cache import cache_bytes
+from mistral_lab.experiments import attention as xa
+
+TEACHING = (Path(__file__).resolve().parent.parent / "docs" / "TEACHING.md").read_text()
+
+
+def test_teaching_7b_memory_table_matches_the_arithmetic():
+    a = ml.preset("mistral-7b-v0.1")
+    n = a.n_params()
+    tokens, layers = xa.plan(a, 2000, budget_bytes=256 * 2**20)
+    stated = {
+        f"{n:,} parameters": True,
+        f"{n * 2 / 1e9:.1f} GB ({n * 2 / 2**30:.1f} GiB)": True,
+        f"{n * 4 / 1e9:.1f} GB ({n * 4 / 2**30:.1f} GiB)": True,
+        f"W = {a.sliding_window:,} positions × {a.kv_bytes_per_token() // 1024} KiB": True,
+        f"| {cache_bytes(a, 32768, rolling=True) // 2**20} MiB |": cache_bytes(a, a.sliding_window, rolling=True) == cache_bytes(a, 32768, rolling=True),
+        f"full cache at 32,768 tokens (05's comparison) | {cache_bytes(a, 32768, rolling=False) // 2**30} GiB": True,
+        f"{tokens} tokens of layer {layers[0]}": len(layers) == 1,
+    }
+    missing = [text for text, holds in stated.items() if not holds or text not in TEACHING]
+    assert not missing, "docs/TEACHING.md no longer states: " + "; ".join(missing)
+
+
+import json  # noqa: E402
+
+from mistral_lab.masks import visible_pairs  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def _bench(name: str) -> dict:
+    return json.loads((ROOT / "benchmarks" / f"{name}.json").read_text())
+
+
+def _ms(rows, impl, kind="prefill"):
+    return " / ".join(f"{r['ms']:.2f}" for r in rows if r["impl"] == impl and r["kind"] == kind)
+
+
+def _readme_claims() -> dict[str, str]:
+    """README's text -> the benchmark it reads: each fragment is rendered here from the JSON."""
+    d = _bench("cpu_decode")["results"]
+    s = _bench("cpu_decode")["speedups"]
+    att = _bench("h100_attention")["rows"]
+    dec = {r["impl"]: r for r in _bench("h100_decode")["rows"] if r["N"] == 4096}
+    ctx = _bench("context_use")
+    pos = {k: dict(zip(ctx[k]["loss_by_position"]["start"], ctx[k]["loss_by_position"]["loss"])) for k in ("swa", "full")}
+    key = dict(zip(ctx["passkey"]["distance"], ctx["passkey"]["accuracy"]))
+    vs = {r["N"]: r["vs"] for r in att if r["impl"] == "triton_swa"}
+    sweep = {(r["busy_process"], r["threads"]): r["api_tokens_per_s"] for r in _bench("classroom")["thread_sweep"]}
+    a = ml.preset("mistral-7b-v0.1")
+    full, rolling = cache_bytes(a, 32768, rolling=False), cache_bytes(a, 32768, rolling=True)
+    return {
+        "threads busy": f"({sweep[True, 1]:.0f} tok/s beside a busy process, where torch's default two threads fall to "
+                        f"{sweep[True, 2]:.0f}; idle, two threads would gain {sweep[False, 2] / sweep[False, 1]:.1f}x)",
+        "cpu_decode fp32": f"fast step fp32 **{d['mistral_lab_fast']['tokens_per_s']:.0f} tok/s** vs transformers fp32 "
+                           f"{d['transformers_fp32']['tokens_per_s']:.0f} ({s['fast_fp32 / transformers_fp32 (same precision)']:.2f}x",
+        "cpu_decode fp16": f"{d['mistral_lab_fast_fp16']['tokens_per_s']:.0f} tok/s vs transformers' default load of this "
+                           f"fp16 checkpoint (fp16) {d['transformers_default']['tokens_per_s']:.0f} "
+                           f"({s['fast_fp16 / transformers_default (float16 weights both)']:.2f}x",
+        "cpu_decode readable": f"the readable model {d['mistral_lab_model']['tokens_per_s']:.0f}",
+        "h100 prefill ours": f"{_ms(att, 'triton_swa')} ms at 4K / 8K / 16K / 32K",
+        "h100 prefill flex": f"FlexAttention with the window mask {_ms(att, 'flex_window')}",
+        "h100 prefill sdpa": f"causal flash (SDPA) {_ms(att, 'sdpa_causal')}",
+        "h100 ratios": f"({vs[16384]['sdpa_causal']:.2f}x), {vs[32768]['sdpa_causal']:.2f}x at 32K",
+        "h100 decode": f"{1000 * dec['triton_decode']['ms']:.1f} us per step (CUDA graph), "
+                       f"{dec['triton_decode']['gbps_min_bytes'] / 1000:.2f} TB/s",
+        "h100 decode sdpa": f"SDPA over the same buffer {1000 * dec['sdpa_rolling']['ms']:.1f} us",
+        "window work at 16K": f"{visible_pairs(16384, None) / visible_pairs(16384, 4096):.2f}x less work",
+        "memory at 32K": f"{full // 2**30} GiB full vs {rolling / 2**30:.1f} GiB rolling: {full // rolling}x",
+        "long positions": f"{pos['swa'][16384]:.2f} nats at 16K-32K vs {pos['swa'][256]:.2f} at 256-511",
+        "twin positions": f"rises from {pos['full'][256]:.2f} to {pos['full'][4096]:.2f} by 4K-8K",
+        "probe": f">= {int(100 * min(v for d, v in key.items() if d <= 56))}% right to d = 56, chance "
+                 f"(1/{round(1 / ctx['passkey']['chance'])}) from d = {ctx['passkey']['bound'] + 1} on",
+    }
+
+
+@pytest.mark.parametrize("claim", sorted(_readme_claims()))
+def test_readme_number_is_its_benchmark(claim):
+    text = _readme_claims()[claim]
+    assert text in " ".join(README.split()), f"README no longer says {text!r} ({claim}): re-render it from the JSON"
