@@ -10,8 +10,9 @@ Why one thread by default. The shipped model's work -- a decode step, a pre-fill
 a training step -- is a few dozen matrix products of a 256-wide model: splitting each
 across threads saves little, and when another process is busy on the same cores (a
 classroom, a shared laptop, CI) each hand-off between threads waits for a core the
-scheduler gave away, and the threads collapse: scoring 40 KB of text took 142.7 s with
-two threads beside one busy process against 10.2 s with one. `python -m mistral_lab
+scheduler gave away, and the threads collapse: scoring 2,048 held-out tokens took 2.75 s with
+two threads beside one busy process against 0.80 s with one, a pre-fill 2.45 s against
+0.63 s (2 vCPUs, 2026-12-02; idle, two threads were only 1.33x faster at scoring). `python -m mistral_lab
 bench threads` measures every kind of work (scoring, pre-fill, decode, a training step)
 at one thread and at every usable CPU, on an idle machine and beside a busy process
 (benchmarks/threads.json; tests/test_threads.py holds the defaults to it): one thread

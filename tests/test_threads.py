@@ -7,6 +7,7 @@ import importlib
 import pytest
 import torch
 
+import mistral_lab as ml
 from mistral_lab import threads
 
 
@@ -120,3 +121,31 @@ def test_generate_applies_the_policy_and_restores(monkeypatch):
     seen.clear()
     ml.generate(model, [1, 2, 3], 2, threads=2, on_token=lambda t: seen.append(torch.get_num_threads()))
     assert seen == [min(2, threads.usable_cpus())] * 2 and torch.get_num_threads() == before
+
+
+def test_committed_measurement_holds_the_defaults():
+    """benchmarks/threads.json (`bench threads`): every kind of work at one thread and at every
+    usable CPU, idle and beside a busy process. The default may be no more than 10% slower than
+    one thread beside a busy process, for every kind; the threads recorded are read back from torch."""
+    import json
+    from pathlib import Path
+
+    d = json.loads((Path(__file__).resolve().parent.parent / "benchmarks" / "threads.json").read_text())
+    kinds = {r["kind"] for r in d["summary"]}
+    assert kinds == {"score", "prefill", "decode", "train_step"}
+    for r in d["summary"]:
+        assert r["default_over_one_busy"] <= 1.10, r
+    counts = {r["threads"] for r in d["rows"]}
+    assert counts == {1, d["usable_cpus"]}, "threads read back from torch: one and every usable CPU"
+    assert {r["busy_process"] for r in d["rows"]} == {False, True}
+    # the module's docstring quotes this file
+    by = {r["kind"]: r for r in d["summary"]}
+    quoted = (f"took {by['score']['busy_all_s']:.2f} s with two threads beside one busy process against "
+              f"{by['score']['busy_one_s']:.2f} s with one, a pre-fill {by['prefill']['busy_all_s']:.2f} s against "
+              f"{by['prefill']['busy_one_s']:.2f} s ({d['usable_cpus']} vCPUs, {d['date'][:10]}; idle, two threads were "
+              f"only {1 / by['score']['all_over_one_idle']:.2f}x faster at scoring)")
+    assert quoted in " ".join(threads.__doc__.split()), quoted
+    # the default it measured is today's policy for the shipped model on a machine of that size
+    model = ml.load()
+    assert {r["default_threads"] for r in d["summary"]} == {
+        threads.choose(kind=threads.kind_for(model), environ={}, cpus=d["usable_cpus"]).n}
