@@ -67,3 +67,15 @@ def test_log_axes_have_readable_ticks_and_annotations_inside(nb):
     assert not bad, f"{nb.name}:\n" + "\n".join(bad)
     if nb.name[:2] not in ("08",):
         assert figures, f"{nb.name}: no saved figure"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name[:2])
+def test_saved_state_reads_as_finished(nb):
+    """No stderr box (it reads as an error), no progress bar widget frozen at its first value:
+    progress is a line of text on stdout (experiments.progress) that ends finished."""
+    book = json.loads(nb.read_text())
+    stderr = [i for i, c in enumerate(book["cells"]) for o in c.get("outputs", []) if o.get("name") == "stderr"]
+    assert not stderr, f"{nb.name}: stderr output in cells {stderr}"
+    state = book["metadata"].get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    bars = [w for w in state.values() if w["model_name"] in ("FloatProgressModel", "IntProgressModel")]
+    assert not bars, f"{nb.name}: a progress bar widget saved in the notebook"
