@@ -4,12 +4,15 @@
    must be drawn (plotly renders the saved JSON) and no widget may show as the text of
    its repr (`VBox(children=...)`): controls read as one line saying to run the cell.
 2. Live: notebooks 01 and 03 are run (Run All, outputs cleared first), a slider is moved
-   with the keyboard, and the figure beside it must change.
+   with the keyboard, and the figure beside it must change. Then the notebook is saved, every
+   kernel ended, and the notebook reopened: the explorer's figure must be drawn from the
+   widget state the save wrote (jupyter/overrides.json), never "model not found".
 
 Needs the PyPI package playwright and Debian's chromium (/usr/bin/chromium); skipped
 otherwise. Playwright's own browser download (`playwright install`) is never used.
 The notebooks are copied into a temporary root, so the repository's copies are never
-touched; screenshots go to test-artifacts/ (browser_cold_NN.png, browser_live_NN.png).
+touched; screenshots go to test-artifacts/ (browser_cold_NN.png, browser_live_NN.png,
+browser_reopened_NN.png).
 """
 from __future__ import annotations
 
@@ -62,6 +65,28 @@ def _saved_figures(path: Path) -> int:
                for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []))
 
 
+class _Lab:
+    """The running lab: lab(folder, name) is a notebook's URL; end_kernels() stops every kernel,
+    as a student's closed laptop or an idle-culled server does."""
+
+    def __init__(self, url: str, token: str):
+        self.url, self.token = url, token
+
+    def __call__(self, folder: str, name: str) -> str:
+        return f"{self.url}/lab/tree/{folder}/{name}?reset&token={self.token}"
+
+    def end_kernels(self) -> int:
+        def call(path, method="GET"):
+            req = urllib.request.Request(f"{self.url}{path}", method=method,
+                                         headers={"Authorization": f"token {self.token}"})
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return json.loads(r.read() or b"null")
+        kernels = call("/api/kernels")
+        for k in kernels:
+            call(f"/api/kernels/{k['id']}", "DELETE")
+        return len(kernels)
+
+
 @pytest.fixture
 def lab(tmp_path):
     """A headless JupyterLab serving a temporary copy of notebook 05; yields its URL."""
@@ -100,7 +125,7 @@ def lab(tmp_path):
                     pytest.fail("JupyterLab did not start:\n" + (tmp_path / "jupyter.log").read_text()[-3000:])
                 time.sleep(0.5)
         # ?reset: a fresh workspace, so the notebook opened before is not restored beside it
-        yield lambda folder, name: f"{url}/lab/tree/{folder}/{name}?reset&token={token}"
+        yield _Lab(url, token)
     finally:
         stop(proc)
         log.close()
@@ -215,6 +240,24 @@ def test_run_then_a_control_redraws_its_figure(lab, browser, name):
         page.wait_for_function(f"(old) => {{ const now = ({FIGURE_TEXT})(); return now && now !== old; }}",
                                arg=before, timeout=60_000)
         page.screenshot(path=str(shot))
+        # the student saves, goes away (the kernel ends) and reopens the notebook the next day
+        page.keyboard.press("Control+s")
+        page.wait_for_function("() => !document.querySelector('.lm-TabBar-tab.jp-mod-current.jp-mod-dirty')",
+                               timeout=30_000)
+        page.wait_for_timeout(1000)
+        assert lab.end_kernels() >= 1
+        _open(page, lab("live", name))
+        page.wait_for_timeout(3000)  # the saved widget state is restored, figures drawn
+        shot = ARTIFACTS / f"browser_reopened_{name[:2]}.png"
+        page.screenshot(path=str(shot))
+        text, drawn, _ = _read_through(page)
+        assert not WIDGET_REPR.search(text), f"after save and reopen: {WIDGET_REPR.search(text).group(0)}..."
+        assert drawn >= 1, "after save and reopen no figure is drawn"
+        explorer = page.locator(".jp-CodeCell", has=page.locator(".widget-slider")).first
+        explorer.scroll_into_view_if_needed()
+        explorer.locator(".js-plotly-plot").first.wait_for(timeout=30_000)  # the explorer's figure, from saved state
+        page.wait_for_timeout(1000)
+        explorer.screenshot(path=str(ARTIFACTS / f"browser_reopened_{name[:2]}_explorer.png"))
     except Exception:
         page.screenshot(path=str(shot.with_name(shot.stem + "_failure.png")))
         raise

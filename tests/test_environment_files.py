@@ -113,3 +113,22 @@ def test_pyproject_ranges_admit_every_pin():
         assert name in pins, f"pyproject needs {r.name} but requirements/run.txt does not pin it"
         pinned = next(iter(pins[name].specifier)).version
         assert r.specifier.contains(pinned, prereleases=True), f"run.txt pins {name}=={pinned}, outside pyproject's {r}"
+
+
+def test_lab_settings_save_the_widget_state_everywhere_the_lab_is_set_up(tmp_path):
+    """jupyter/overrides.json turns on saving the widgets' state with the notebook (else a
+    reopened notebook's explorers read "model not found"); scripts/setup installs it into
+    .venv, postBuild into Binder's environment, both as the same file."""
+    import json
+    import os
+    import subprocess
+
+    settings = json.loads((REPO / "jupyter" / "overrides.json").read_text())
+    assert settings["@jupyter-widgets/jupyterlab-manager:plugin"]["saveState"] is True
+    prefix = tmp_path / "prefix"
+    subprocess.run(["bash", str(REPO / "postBuild")], cwd=REPO, check=True, env={**os.environ, "NB_PYTHON_PREFIX": str(prefix)})
+    assert (prefix / "share/jupyter/lab/settings/overrides.json").read_bytes() == (REPO / "jupyter/overrides.json").read_bytes()
+    assert "jupyter/overrides.json" in (REPO / "scripts" / "setup").read_text()
+    installed = REPO / ".venv" / "share/jupyter/lab/settings/overrides.json"
+    if installed.exists():  # scripts/test ran scripts/setup before this
+        assert installed.read_bytes() == (REPO / "jupyter/overrides.json").read_bytes()
