@@ -34,6 +34,14 @@ def guarded_answer(model, tok: Tokenizer, question: str, system_prompt: str, *, 
         return (f"skipped: {name} has a vocabulary of {model.args.vocab_size}, not the v1 tokenizer's {v1}: it was "
                 f"not fine-tuned on this chat format. Run this notebook with model = a Mistral-7B-Instruct-v0.1 folder "
                 f"(papermill -p model DIR, or MISTRAL_LAB_MODEL=DIR) to see the guarded answer")
-    ids = encode_chat(tok, [{"role": "user", "content": question}], system_prompt=system_prompt)
+    return continuation(model, tok, [{"role": "user", "content": question}], system_prompt, max_new_tokens)
+
+
+def continuation(model, tok: Tokenizer, messages: list[dict], system_prompt: str | None = None,
+                 max_new_tokens: int = 48) -> str:
+    """The model's greedy continuation of a conversation in the chat format, encoded with the
+    model's own tokenizer (to EOS or max_new_tokens): an answer from weights tuned on the
+    format, more text of the same kind from any other."""
+    ids = encode_chat(tok, messages, system_prompt=system_prompt)
     out = generate(model, ids, max_new_tokens, eos_id=tok.eos_id)
     return tok.decode(out.new_tokens)
