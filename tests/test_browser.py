@@ -34,7 +34,12 @@ from processes import stop
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted(p.name for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-LIVE = ["01_sliding_window_masks.ipynb", "03_rolling_buffer.ipynb"]
+# CI runs two notebooks live; MISTRAL_LAB_BROWSER_LIVE=all runs every notebook with an explorer
+# (a few minutes more: the walk a release gets, screenshots for its note)
+EXPLORERS = ["01_sliding_window_masks.ipynb", "02_receptive_field.ipynb", "03_rolling_buffer.ipynb",
+             "04_prefill_and_chunking.ipynb", "05_memory_at_32k.ipynb", "06_grouped_query_attention.ipynb",
+             "09_what_the_window_remembers.ipynb"]
+LIVE = EXPLORERS if os.environ.get("MISTRAL_LAB_BROWSER_LIVE") == "all" else [EXPLORERS[0], EXPLORERS[2]]
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO / "test-artifacts"
 # a widget's repr shown as text, or a widget view that cannot be drawn without its kernel
