@@ -45,3 +45,24 @@ def test_gpu_snippets_import_what_exists():
             module = importlib.import_module(mod)
             for name in names.split(","):
                 assert hasattr(module, name.strip()), f"scripts/gpu: {mod} has no {name.strip()}"
+
+
+def test_gpu_notebooks_script_on_the_cpu(tmp_path):
+    """scripts/gpu_notebooks.py's CPU twin: one notebook on a small second checkpoint, the
+    result in the one schema with the notebook's time and whether it finished."""
+    import json
+    import sys
+
+    pytest.importorskip("papermill")
+    sys.path.insert(0, str(SCRIPTS.parent / "tests"))
+    from second_checkpoints import write
+
+    model = write(tmp_path / "other")
+    out = tmp_path / "notebooks.json"
+    r = subprocess.run([sys.executable, str(SCRIPTS / "gpu_notebooks.py"), "--model", str(model), "--device", "cpu",
+                        "--only", "08", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["benchmark"] == "notebooks" and doc["command"].startswith("python scripts/gpu_notebooks.py")
+    (row,) = doc["rows"]
+    assert row["notebook"].startswith("08_") and row["finished"] and row["seconds"] > 0 and row["gpu_peak_mib"] is None
