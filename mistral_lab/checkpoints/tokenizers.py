@@ -17,6 +17,12 @@ from .tensorfiles import CheckpointError
 MISTRAL_V1 = "mistral-v1"  # tokenizer=MISTRAL_V1: Mistral 7B v0.1's, from mistral-common
 
 
+def tokenizer_file(folder: Path) -> Path | None:
+    """The tokenizer a checkpoint folder holds (tokenizer.model, else Mistral's tokenizer.model.v*)."""
+    found = [f for f in [folder / "tokenizer.model"] + sorted(folder.glob("tokenizer.model.v*")) if f.is_file()]
+    return found[0] if found else None
+
+
 def load_tokenizer(path=None, *, tokenizer=None, check: bool = True) -> Tokenizer:
     """The tokenizer of the checkpoint at `path` (default: the shipped model): its
     tokenizer.model (or tokenizer.model.v*), or `path` itself when it names such a file.
@@ -37,13 +43,13 @@ def load_tokenizer(path=None, *, tokenizer=None, check: bool = True) -> Tokenize
         tok = Tokenizer(path)
     else:
         folder = path if path.is_dir() else path.parent
-        found = [f for f in [folder / "tokenizer.model"] + sorted(folder.glob("tokenizer.model.v*")) if f.is_file()]
-        if not found:
+        found = tokenizer_file(folder)
+        if found is None:
             raise FileNotFoundError(
                 f"{folder} has no tokenizer.model: pass the tokenizer the model was trained with "
                 f"(load_tokenizer(path, tokenizer='path/to/tokenizer.model'), or --tokenizer on the command "
                 f"line; tokenizer='{MISTRAL_V1}' for Mistral 7B v0.1 and its fine-tunes)")
-        tok = Tokenizer(found[0])
+        tok = Tokenizer(found)
     if check:
         check_vocab(tok, path)
     return tok
