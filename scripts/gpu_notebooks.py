@@ -7,8 +7,9 @@ what each notebook needs at a size (TEACHING.md's "at 7B size" from a lent GPU).
 Without --model it writes random weights of Mistral 7B's shapes (tests/second_checkpoints.write:
 the Hugging Face layout, fp16 on disk, Mistral's v1 tokenizer) to --weights (14.5 GB). Each
 notebook runs in its own kernel with -p model/device/dtype; its wall time, whether it finished,
-its first error in one line, and (on CUDA) the most GPU memory in use while it ran, polled from
-nvidia-smi every 0.5 s, go to --out (files.write_result's schema).
+its first error in one line, the kernel's peak resident memory and (on CUDA) the most GPU memory
+in use while it ran, both polled every 0.5 s (/proc, nvidia-smi), go to --out (files.write_result's
+schema). On the CPU with --model assets/model it times the notebooks as a class meets them.
 """
 from __future__ import annotations
 
@@ -35,16 +36,40 @@ def _gpu_used_mib() -> int | None:
         return None
 
 
+def _children_rss_mib() -> int | None:
+    """Resident memory of this process's children (the notebook's kernel), from /proc (Linux)."""
+    me, total = str(os.getpid()), 0
+    try:
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    fields = open(f"/proc/{d}/status").read().split("\n")
+                except OSError:
+                    continue
+                info = dict(line.split(":\t", 1) for line in fields if ":\t" in line)
+                if info.get("PPid", "").strip() == me and "VmRSS" in info:
+                    total += int(info["VmRSS"].split()[0]) // 1024
+    except OSError:
+        return None
+    return total
+
+
 class _Peak(threading.Thread):
+    """The most GPU memory in use and the most resident memory of the kernel, polled every 0.5 s."""
+
     def __init__(self):
         super().__init__(daemon=True)
-        self.peak, self.done = None, threading.Event()
+        self.peak, self.rss, self.done = None, None, threading.Event()
 
     def run(self):
+        gpu = _gpu_used_mib() is not None
         while not self.done.wait(0.5):
-            used = _gpu_used_mib()
-            if used is not None:
-                self.peak = max(self.peak or 0, used)
+            if gpu:
+                used = _gpu_used_mib()
+                self.peak = max(self.peak or 0, used or 0)
+            rss = _children_rss_mib()
+            if rss:
+                self.rss = max(self.rss or 0, rss)
 
 
 def run_one(nb: Path, model: Path, device: str, dtype: str, out_dir: Path, timeout: int) -> dict:
@@ -63,7 +88,7 @@ def run_one(nb: Path, model: Path, device: str, dtype: str, out_dir: Path, timeo
     finally:
         peak.done.set()
         peak.join()
-    row.update(seconds=round(time.monotonic() - t0, 1), gpu_peak_mib=peak.peak)
+    row.update(seconds=round(time.monotonic() - t0, 1), gpu_peak_mib=peak.peak, kernel_peak_rss_mib=peak.rss)
     return row
 
 
@@ -100,7 +125,7 @@ def main(argv=None) -> int:
     for nb in notebooks:
         rows.append(run_one(nb, model, a.device, a.dtype, out_dir, a.timeout))
         r = rows[-1]
-        print(f"{nb.name:40s} {r['seconds']:7.1f} s  GPU peak {r['gpu_peak_mib']} MiB  "
+        print(f"{nb.name:40s} {r['seconds']:7.1f} s  GPU peak {r['gpu_peak_mib']} MiB  kernel RSS {r['kernel_peak_rss_mib']} MiB  "
               + ("ok" if r["finished"] else r["error"]), flush=True)
     files.write_result(a.out, "notebooks", {"model": files.shown_path(model), "device_asked": a.device,
                                             "dtype": a.dtype, "rows": rows},

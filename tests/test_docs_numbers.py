@@ -88,3 +88,32 @@ def _readme_claims() -> dict[str, str]:
 def test_readme_number_is_its_benchmark(claim):
     text = _readme_claims()[claim]
     assert text in " ".join(README.split()), f"README no longer says {text!r} ({claim}): re-render it from the JSON"
+
+
+def _classroom_table(d: dict) -> str:
+    g = {(x["engine"], x["processes"]): x for x in d["groups"]}
+    rows = ["| processes | ours: aggregate tok/s | ours: slowest / median s | CPU s per process | transformers: "
+            "aggregate tok/s | transformers: slowest s |", "|---|---|---|---|---|---|"]
+    for n in sorted({k[1] for k in g}):
+        o, t = g["ours", n], g["transformers", n]
+        rows.append(f"| {n} | {o['aggregate_tokens_per_s']:.0f} | {o['slowest_s']:.2f} / {o['median_s']:.2f} | "
+                    f"{o['cpu_s_per_process_median']:.2f} | {t['aggregate_tokens_per_s']:.3g} | {t['slowest_s']:.3g} |")
+    return "\n".join(rows)
+
+
+def test_teaching_classroom_numbers_are_the_committed_run():
+    d = _bench("classroom")
+    g = {(x["engine"], x["processes"]): x for x in d["groups"]}
+    one, eight = g["ours", 1], g["ours", 8]
+    sweep = {(r["busy_process"], r["threads"]): r["api_tokens_per_s"] for r in d["thread_sweep"]}
+    said = " ".join(TEACHING.split())
+    assert _classroom_table(d) in TEACHING, "TEACHING's classroom table is not benchmarks/classroom.json's"
+    for text in [f"Fairness met ({d['goal']['slowest_over_median_8']}x the median with 8)",
+                 f"{d['goal']['aggregate_8']:.0f} against 0.8 x {one['aggregate_tokens_per_s']:.0f} x 2 = "
+                 f"{d['goal']['target']:.0f} ({d['goal']['aggregate_8'] / (one['aggregate_tokens_per_s'] * 2):.2f}x)",
+                 f"cost {one['cpu_s_per_process_median']:.2f} CPU s alone and {eight['cpu_s_per_process_median']:.2f} CPU s",
+                 f"({sweep[False, 2]:.0f} vs {sweep[False, 1]:.0f} tok/s, API)",
+                 f"fall to {sweep[True, 2]:.0f} tok/s while one keeps {sweep[True, 1]:.0f}",
+                 f"ours is {d['goal']['ours_over_transformers_8']:.0f}x faster in aggregate",
+                 f"peak RSS {max(x['peak_rss_mib_max'] for x in d['groups'] if x['engine'] == 'ours'):.0f} MiB per process"]:
+        assert text in said, f"TEACHING no longer says {text!r}: re-render it from benchmarks/classroom.json"

@@ -65,4 +65,4 @@ def test_gpu_notebooks_script_on_the_cpu(tmp_path):
     doc = json.loads(out.read_text())
     assert doc["benchmark"] == "notebooks" and doc["command"].startswith("python scripts/gpu_notebooks.py")
     (row,) = doc["rows"]
-    assert row["notebook"].startswith("08_") and row["finished"] and row["seconds"] > 0 and row["gpu_peak_mib"] is None
+    assert row["notebook"].startswith("08_") and row["finished"] and row["seconds"] > 0 and row["gpu_peak_mib"] is None and row["kernel_peak_rss_mib"] > 100
