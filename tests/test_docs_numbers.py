@@ -117,3 +117,15 @@ def test_teaching_classroom_numbers_are_the_committed_run():
                  f"ours is {d['goal']['ours_over_transformers_8']:.0f}x faster in aggregate",
                  f"peak RSS {max(x['peak_rss_mib_max'] for x in d['groups'] if x['engine'] == 'ours'):.0f} MiB per process"]:
         assert text in said, f"TEACHING no longer says {text!r}: re-render it from benchmarks/classroom.json"
+
+
+def test_teaching_thread_table_is_the_committed_measurement():
+    d = _bench("threads")
+    names = {"score": "scoring 2,048 tokens", "prefill": "pre-fill of 2,048 tokens", "decode": "decode, 128 tokens",
+             "train_step": "a training step (8 x 256, bf16 autocast)"}
+    for r in d["summary"]:
+        row = (f"| {names[r['kind']]} | {r['idle_one_s']:.2f} | {r['idle_all_s']:.2f} | {r['busy_one_s']:.2f} | "
+               f"{r['busy_all_s']:.2f} |")
+        assert row in TEACHING, f"TEACHING's thread table is not benchmarks/threads.json's: {row}"
+    said = " ".join(TEACHING.split())
+    assert f"up to {max(r['all_over_one_busy'] for r in d['summary']):.1f}x the time of one" in said
