@@ -59,7 +59,14 @@ def _readme_claims() -> dict[str, str]:
     sweep = {(r["busy_process"], r["threads"]): r["api_tokens_per_s"] for r in _bench("classroom")["thread_sweep"]}
     a = ml.preset("mistral-7b-v0.1")
     full, rolling = cache_bytes(a, 32768, rolling=False), cache_bytes(a, 32768, rolling=True)
+    log = (ROOT / "benchmarks" / "logs" / "h100_tests_and_tuning.txt").read_text()
+    seven = json.loads(next(line for line in log.splitlines() if line.startswith('{"params_b"')))
+    cpu_train = json.loads((ROOT / "benchmarks" / "logs" / "cpu_train_info.json").read_text())
     return {
+        "7B shapes on the H100": f"triton backend: pre-fill {seven['triton']['prefill_s']:.2f} s, peak "
+                                 f"{seven['triton']['peak_gib']:.1f} GiB; torch backend: {seven['torch']['prefill_s']:.2f} s, "
+                                 f"{seven['torch']['peak_gib']:.1f} GiB",
+        "training on the CPU": f"{cpu_train['wall_s']:,.0f} s on the 2-core CPU",
         "threads busy": f"({sweep[True, 1]:.0f} tok/s beside a busy process, where torch's default two threads fall to "
                         f"{sweep[True, 2]:.0f}; idle, two threads would gain {sweep[False, 2] / sweep[False, 1]:.1f}x)",
         "cpu_decode fp32": f"fast step fp32 **{d['mistral_lab_fast']['tokens_per_s']:.0f} tok/s** vs transformers fp32 "
