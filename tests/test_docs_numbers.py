@@ -136,3 +136,38 @@ def test_teaching_thread_table_is_the_committed_measurement():
         assert row in TEACHING, f"TEACHING's thread table is not benchmarks/threads.json's: {row}"
     said = " ".join(TEACHING.split())
     assert f"up to {max(r['all_over_one_busy'] for r in d['summary']):.1f}x the time of one" in said
+
+
+ASSETS_README = (ROOT / "assets" / "README.md").read_text()
+
+
+def _e(x: float) -> str:  # 0.001 -> "1e-3", as the page writes a learning rate
+    mantissa, exponent = f"{x:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _info(name: str) -> dict:
+    return json.loads((ROOT / "assets" / name / "train_info.json").read_text())
+
+
+def test_assets_readme_states_what_each_train_info_recorded():
+    m, f, p = _info("model"), _info("model-full"), _info("passkey")
+    t, pt = m["train"], p["train"]
+    acc = dict(zip(p["accuracy_by_distance"]["distance"], p["accuracy_by_distance"]["accuracy"]))
+    bound = ml.receptive_field(p["args"]["n_layers"], p["args"]["sliding_window"])
+    perfect = max(d for d in acc if all(acc[e] == 1.0 for e in acc if e <= d))
+    chance = [a for d, a in acc.items() if d > bound]
+    stated = [
+        f"{t['steps']} x {t['batch_size']} x {t['seq_len']} = {t['steps'] * t['batch_size'] * t['seq_len'] / 1e6:.2f}M tokens",
+        f"lr {_e(t['lr'])} -> {_e(t['min_lr'])} cosine, {t['warmup']} warm-up steps, clip {t['grad_clip']}",
+        f"{m['wall_s']} s (37.9 s on a second run), {m['date']}, torch {m['torch']}",
+        f"one NVIDIA H200, {f['wall_s']} s",
+        f"{pt['steps']} steps x {pt['batch_size']} sequences of {pt['seq_len']} tokens",
+        f"lr {_e(pt['lr'])} -> {_e(pt['min_lr'])} cosine",
+        f"one thread, {p['wall_s']} s",
+        f"1.00 for every d from 1 to {perfect}, {acc[perfect + 4]:.2f} at {perfect + 4}, then chance: "
+        f"{min(chance):.2f}-{max(chance):.2f} from {min(d for d in acc if d > bound)} to {max(acc)}",
+    ]
+    said = " ".join(ASSETS_README.split())
+    missing = [s for s in stated if s not in said]
+    assert not missing, "assets/README.md no longer states: " + "; ".join(missing)
