@@ -164,3 +164,18 @@ def test_notebooks_name_questions_by_id_and_show_no_solution():
             assert questions.decode(stored)[:30] not in source, nb.name
         assert "solutions.py" not in source, nb.name
     assert used == set(questions.QUESTIONS)
+
+
+def test_no_file_under_notebooks_holds_a_solution():
+    """What scripts/lab's file browser reaches (notebooks/) never shows a reference solution."""
+    import ast
+    text = (REPO / "course" / "solutions.py").read_text(encoding="utf-8")
+    lines = text.splitlines()
+    bodies = [lines[n.body[-1].lineno - 1].split("  #")[0].strip()  # each solution's last line, no comment
+              for n in ast.parse(text).body if isinstance(n, ast.FunctionDef)]
+    assert len(bodies) == len(CHECKS)
+    for f in (REPO / "notebooks").rglob("*"):
+        if f.is_file():
+            content = f.read_text(encoding="utf-8", errors="replace")
+            for line in bodies:
+                assert line not in content, (f, line)

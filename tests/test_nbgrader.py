@@ -24,6 +24,8 @@ from traitlets.config.loader import PyFileConfigLoader  # noqa: E402
 
 from mistral_lab.exercises import EXERCISES, course, mistakes  # noqa: E402
 
+# nbgrader 0.9.6's own session handling warns (SQLAlchemy 2); nothing of ours
+pytestmark = pytest.mark.filterwarnings("ignore::sqlalchemy.exc.SAWarning")
 REPO = Path(__file__).resolve().parent.parent
 SOLUTIONS = course.solution_bodies(REPO / "course" / "solutions.py")
 ASSIGNMENTS = sorted({nb for _, nb in EXERCISES.values()})

@@ -20,7 +20,8 @@ QUESTIONS: dict[str, tuple[str, str]] = {
         "aXN0IHlldCwgc28gZmV3ZXIgdGhhbiBXLg=="
     ),
     "02.reach": (
-        "The shipped model has 6 layers and W = 64. How far back can the last layer's output at position 500 depend on the input?",
+        "The shipped model has 6 layers and W = 64. How far back can the last layer's output at position 500 "
+        "depend on the input?",
         "NiDDlyAoNjQg4oiSIDEpID0gMzc4IHBvc2l0aW9uczogYmFjayB0byBwb3NpdGlvbiAxMjIuIEVhY2ggbGF5ZXIg"
         "bW92ZXMgaW5mb3JtYXRpb24gVyDiiJIgMSBwb3NpdGlvbnMgKFcga2V5cywgdGhlIHF1ZXJ5IGl0c2VsZiBpbmNs"
         "dWRlZCksIGFuZCB0aGUgZ3JhZGllbnRzIG1lYXN1cmVkIGFib3ZlIGFyZSBleGFjdGx5IHplcm8gYmV5b25kLg=="
@@ -31,7 +32,8 @@ QUESTIONS: dict[str, tuple[str, str]] = {
         "cXVlcnkgYXQgMjAwIG5vIGxvbmdlciBzZWVzIChpdHMgd2luZG93IGlzIHBvc2l0aW9ucyAxMzcuLjIwMCku"
     ),
     "04.chunk": (
-        'A chunk of 32 tokens at positions 96..127 attends over a W = 64 buffer holding 32..95. How many keys does query 100 see, and which?',
+        "A chunk of 32 tokens at positions 96..127 attends over a W = 64 buffer holding 32..95. "
+        "How many keys does query 100 see, and which?",
         "NjQ6IGJ1ZmZlcmVkIHBvc2l0aW9ucyAzNy4uOTUgKDU5IG9mIHRoZW0pIGFuZCBjaHVuayBwb3NpdGlvbnMgOTYu"
         "LjEwMCAoNSk6IHRoZSB3aW5kb3cgKDM2LCAxMDBdLiBQb3NpdGlvbiAzNiBhbmQgb2xkZXIgYXJlIG91dCBvZiBp"
         "dHMgd2luZG93LCAxMDEgYW5kIGxhdGVyIGFyZSBpdHMgZnV0dXJlLg=="
