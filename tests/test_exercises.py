@@ -2,11 +2,28 @@
 with its own hint and names the case it fails on, and a check never raises at a student."""
 from __future__ import annotations
 
+import importlib.util
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
 from mistral_lab import exercises as ex
-from mistral_lab.exercises import checkers, mistakes, solutions
+from mistral_lab.exercises import checkers, mistakes, questions
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _load_solutions():
+    """The teacher's reference solutions: course/solutions.py, outside the package."""
+    spec = importlib.util.spec_from_file_location("course_solutions", REPO / "course" / "solutions.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+solutions = _load_solutions()
 
 CHECKS = {
     "visible": (ex.check_visible, solutions.visible),
@@ -115,3 +132,50 @@ def test_question_folds_the_answer():
     assert "One" not in repr(q)  # printed outside a notebook, the answer stays folded
     with pytest.raises(ValueError):
         ex.question("", "x")
+    with pytest.raises(ValueError, match="03.slot"):
+        ex.question("no.such.id")
+
+
+@pytest.mark.parametrize("qid", sorted(questions.QUESTIONS))
+def test_every_question_by_id_folds_an_answer_not_stored_in_plain_text(qid):
+    text, stored = questions.QUESTIONS[qid]
+    answer = questions.decode(stored)
+    assert answer.strip() and questions.encode(answer) == stored
+    q = ex.question(qid)
+    assert q.text == text and q.answer == answer and answer not in repr(q)
+    assert "<details>" in q._repr_html_()
+    shown = ex.question(qid, show_answer=False)._repr_html_()
+    assert "<details>" not in shown and questions.decode(stored)[:20] not in shown
+    # the source files never hold the answer in plain text (nor its first words)
+    assert answer[:30] not in (REPO / "mistral_lab" / "exercises" / "questions.py").read_text(encoding="utf-8")
+
+
+def test_notebooks_name_questions_by_id_and_show_no_solution():
+    import json
+    used = set()
+    for nb in sorted((REPO / "notebooks").glob("0[1-6]_*.ipynb")):
+        cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
+        source = "\n".join("".join(c["source"]) for c in cells)
+        found = re.findall(r"ex\.question\(\s*\"([\w.]+)\"\s*\)", source)
+        assert found, f"{nb.name}: no ex.question(id)"
+        used.update(found)
+        assert "ex.question(" not in re.sub(r"ex\.question\(\s*\"[\w.]+\"\s*\)", "", source), nb.name
+        for _, stored in questions.QUESTIONS.values():
+            assert questions.decode(stored)[:30] not in source, nb.name
+        assert "solutions.py" not in source, nb.name
+    assert used == set(questions.QUESTIONS)
+
+
+def test_no_file_under_notebooks_holds_a_solution():
+    """What scripts/lab's file browser reaches (notebooks/) never shows a reference solution."""
+    import ast
+    text = (REPO / "course" / "solutions.py").read_text(encoding="utf-8")
+    lines = text.splitlines()
+    bodies = [lines[n.body[-1].lineno - 1].split("  #")[0].strip()  # each solution's last line, no comment
+              for n in ast.parse(text).body if isinstance(n, ast.FunctionDef)]
+    assert len(bodies) == len(CHECKS)
+    for f in (REPO / "notebooks").rglob("*"):
+        if f.is_file():
+            content = f.read_text(encoding="utf-8", errors="replace")
+            for line in bodies:
+                assert line not in content, (f, line)

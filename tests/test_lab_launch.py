@@ -1,5 +1,5 @@
-"""scripts/lab starts JupyterLab the way a student gets it: as root without extra flags,
-at the repository root (the package source one click away), notebooks/ open.
+"""scripts/lab starts JupyterLab the way a student gets it: as root without extra flags, on
+notebooks/ (the file browser reaches no test and no solution), idle kernels culled.
 
 The test runs `scripts/lab --no-setup` (the server command without the set-up) with this
 interpreter on a free port, polls /api/status with the token until it answers, checks
@@ -49,7 +49,11 @@ def _get(url: str, token: str, follow: bool = True):
         return e
 
 
-def test_scripts_lab_starts_as_root_at_the_repo_root(tmp_path):
+CULL_FLAGS = ("--MappingKernelManager.cull_idle_timeout=1200", "--MappingKernelManager.cull_interval=60",
+              "--MappingKernelManager.cull_connected=True", "--MappingKernelManager.cull_busy=False")
+
+
+def test_scripts_lab_starts_as_root_on_the_notebooks(tmp_path):
     port, token = _free_port(), secrets.token_hex(16)
     env = {**os.environ, "MISTRAL_LAB_PYTHON": sys.executable,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
@@ -72,16 +76,21 @@ def test_scripts_lab_starts_as_root_at_the_repo_root(tmp_path):
                         pytest.fail("scripts/lab did not start JupyterLab:\n" + log_path.read_text()[-3000:])
                     time.sleep(0.5)
             assert "started" in status
-            # the browser lands on notebooks/ ...
+            # the browser lands in the lab ...
             first = _get(f"{url}/", token, follow=False)
-            assert first.status in (301, 302, 303, 307) and "/lab/tree/notebooks" in first.headers["Location"]
-            assert _get(f"{url}/lab/tree/notebooks", token).status == 200
-            # ... and the server's root is the checkout: the package source is browsable
+            assert first.status in (301, 302, 303, 307) and "/lab" in first.headers["Location"]
+            assert _get(f"{url}/lab", token).status == 200
+            # ... whose root is notebooks/: the notebooks, not the tests or the teacher's course/
             root = json.load(_get(f"{url}/api/contents", token))
             names = {item["name"] for item in root["content"]}
-            assert {"notebooks", "mistral_lab", "README.md"} <= names
-            nbs = json.load(_get(f"{url}/api/contents/notebooks", token))
-            assert any(item["name"].startswith("03_") for item in nbs["content"])
+            assert any(n.startswith("03_") and n.endswith(".ipynb") for n in names), names
+            assert not names & {"tests", "course", "mistral_lab", "README.md"}, names
+            assert _get(f"{url}/api/contents/..%2Fcourse", token, follow=False).status >= 400
+            # idle kernels are culled: the flags reach the server (its command line, after exec)
+            cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode().split("\0")
+            for flag in CULL_FLAGS:
+                assert flag in cmdline, (flag, cmdline)
+            assert f"--ServerApp.root_dir={REPO / 'notebooks'}" in cmdline
             assert "mistral_lab: starting JupyterLab" in log_path.read_text()
             req = urllib.request.Request(f"{url}/api/shutdown", method="POST",
                                          headers={"Authorization": f"token {token}"})

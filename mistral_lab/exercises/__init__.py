@@ -23,10 +23,12 @@ no window (W = None), empty cache slots (-1). A check never raises at a student:
 returns a Result (truthy when passed; its repr is the message). For CI,
 `check_x(fn, raise_on_fail=True)` raises AssertionError with the same message.
 
-Reference solutions: mistral_lab/exercises/solutions.py (outside the notebooks).
-Typical wrong answers and their hints: mistral_lab/exercises/mistakes.py.
+Reference solutions: course/solutions.py in the checkout (the teacher's folder, outside
+the package and outside what scripts/lab shows); `course` builds the nbgrader course from
+the notebooks and those solutions. Typical wrong answers and their hints: mistakes.py.
 
-`question(text, answer)` shows a "predict, then run" question with the answer folded.
+`question("03.slot")` shows a "predict, then run" question with the answer folded; the
+answers are stored encoded in questions.py, never in a notebook's source.
 """
 from __future__ import annotations
 

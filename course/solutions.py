@@ -1,8 +1,10 @@
 """Reference solutions to the exercises in mistral_lab.exercises -- for teachers.
 
-Students write their own in the notebooks; these live here, outside the notebooks, so
-that a notebook never shows them. Each is written the way a student would (plain Python,
-no package helpers); the checkers compare against the package's own functions
+The one copy. Students write their own in the notebooks; these live in the teacher's
+folder course/, outside the package and outside what `scripts/lab` shows (notebooks/).
+Each is written the way a student would (plain Python, no package helpers, no helper of
+this file: each body goes as it is between nbgrader's solution markers, see
+mistral_lab/exercises/course.py); the checkers compare against the package's own functions
 (masks.visible, masks.receptive_field, ModelArgs.kv_bytes_per_token, KVCache.write,
 ops.attention), and the tests check that every solution here passes.
 """
@@ -36,7 +38,7 @@ def rolling_slot(position: int, W: int) -> tuple[int, int | None]:
 def chunk_mask(cache_pos: list[int], chunk_pos: list[int], W: int | None) -> list[list[bool]]:
     """04: rows = chunk queries, columns = [cache slots + chunk keys]; mask by position."""
     keys = list(cache_pos) + list(chunk_pos)
-    return [[visible(q, k, W) for k in keys] for q in chunk_pos]
+    return [[0 <= k <= q and (W is None or k > q - W) for k in keys] for q in chunk_pos]  # filled, causal, in W
 
 
 def kv_bytes_per_token(args, bytes_per_element: int) -> int:
