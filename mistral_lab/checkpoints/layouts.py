@@ -40,6 +40,9 @@ from .tensorfiles import CheckpointError
 
 MISTRAL, HF, OWN = "Mistral original", "Hugging Face", "mistral_lab"
 OWN_FORMAT_VERSION = 2  # 1: {format, args} only (the shipped model); 2: adds the manifest of its files
+# Where a save keeps the old model while it switches the files (saving.py): read instead of
+# a folder that has no config beside it (layouts.previous).
+PREVIOUS = ".mistral_lab-previous"
 
 
 @dataclass(frozen=True)
@@ -272,6 +275,19 @@ LAYOUTS: tuple[Layout, ...] = (
            _own_parse, _own_files, _own_config, file_names=("model.safetensors",)),
 )
 BY_NAME = {layout.name: layout for layout in LAYOUTS}
+
+
+def has_config(folder: Path) -> bool:
+    """Whether `folder` holds the config file of any layout."""
+    return any((Path(folder) / x.config_file).is_file() for x in LAYOUTS)
+
+
+def previous(folder: Path) -> Path:
+    """The folder to read for `folder`: itself, or, when a save was cut while switching
+    files (no config, a complete PREVIOUS beside them), the old model kept in PREVIOUS."""
+    folder = Path(folder)
+    prev = folder / PREVIOUS
+    return prev if not has_config(folder) and has_config(prev) else folder
 
 
 def detect(folder: Path, named: Path | None = None) -> Layout:

@@ -23,7 +23,7 @@ from .. import files
 from ..config import ModelArgs, check_fits
 from ..data.assets import default_model_path
 from ..model import Transformer
-from .layouts import BY_NAME, OWN, Layout, detect
+from .layouts import BY_NAME, OWN, Layout, detect, previous
 from .tensorfiles import CheckpointError, index, safe_open
 
 
@@ -98,6 +98,8 @@ def locate(path) -> tuple[Path, str]:
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path} does not exist (give a checkpoint directory)")
     folder = path if path.is_dir() else path.parent
+    if path.is_dir() and previous(folder) != folder:  # a save cut mid-switch: its old model
+        folder = previous(folder)
     return folder, detect(folder, None if path.is_dir() else path).name
 
 

@@ -1,0 +1,166 @@
+"""Nothing lost, nothing silently wrong, second round (issue 23): a save killed at any
+step leaves the old model or the new one; train never replaces or writes into a folder
+that is not its own; every id, layer and head is checked; config keys that would be
+ignored are refused; sizes that set an allocation are checked before it."""
+import errno
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import mistral_lab as ml
+from mistral_lab import checkpoints as weights
+from mistral_lab.checkpoints import CheckpointError, saving
+from mistral_lab.checkpoints.layouts import PREVIOUS, previous
+
+ROOT = Path(__file__).resolve().parent.parent
+ARGS = ml.ModelArgs(dim=32, n_layers=2, head_dim=8, hidden_dim=48, n_heads=4, n_kv_heads=2, vocab_size=50,
+                    sliding_window=4)
+LAYOUTS = [weights.save, weights.save_mistral, weights.save_hf]
+
+
+def models(n):
+    out = []
+    for seed in range(n):
+        torch.manual_seed(seed)
+        out.append(ml.Transformer(ARGS).eval())
+    return out
+
+
+def same(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def one_line(e) -> bool:
+    return "\n" not in str(e) and str(e).strip() != ""
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ------------------------------------------------- saving: the old model or the new one
+
+class Images:
+    """Copy the folder just before every os.replace and os.unlink (and os.rename) a save
+    makes: each copy is what a SIGKILL at that instant would leave on disk."""
+
+    def __init__(self, folder: Path, dest: Path):
+        self.folder, self.dest, self.taken = folder, dest, []
+
+    def wrap(self, real):
+        def call(*a, **kw):
+            self.take()
+            return real(*a, **kw)
+        return call
+
+    def take(self):
+        img = self.dest / f"img{len(self.taken)}"
+        shutil.copytree(self.folder, img, symlinks=True)
+        self.taken.append(img)
+
+
+def check_image(img: Path, old, new, toks: dict) -> str:
+    """The folder loads as the old model or the new one, with that model's tokenizer; then
+    recover() (what the next save, --resume and --overwrite do) leaves the same, clean."""
+    outcomes = []
+    for _ in range(2):
+        loaded = weights.load(img)
+        which = "old" if same(loaded, old) else "new" if same(loaded, new) else None
+        assert which is not None, f"{img}: loads as neither model"
+        assert sha(previous(img) / "tokenizer.model") == toks[which], f"{img}: the other model's tokenizer"
+        outcomes.append(which)
+        saving.recover(img)
+        assert not (img / PREVIOUS).exists()
+        assert not [p.name for p in img.iterdir() if p.name.endswith(".tmp")], "temporary files left behind"
+    assert outcomes[0] == outcomes[1], "recover changed which model the folder holds"
+    return outcomes[0]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_kill_at_every_step_of_a_save_leaves_the_old_model_or_the_new(tmp_path, monkeypatch, layout):
+    old, new = models(2)
+    (tmp_path / "old.tok").write_bytes(b"old tokenizer")
+    (tmp_path / "new.tok").write_bytes(b"new tokenizer")
+    toks = {"old": sha(tmp_path / "old.tok"), "new": sha(tmp_path / "new.tok")}
+    folder = tmp_path / "model"
+    layout(old, folder, tokenizer_file=tmp_path / "old.tok")
+    (folder / "notes.txt").write_text("the user's own file")
+    images = Images(folder, tmp_path)
+    for name in ("replace", "unlink", "rename"):
+        monkeypatch.setattr(os, name, images.wrap(getattr(os, name)))
+    layout(new, folder, tokenizer_file=tmp_path / "new.tok")
+    monkeypatch.undo()
+    images.take()
+    assert len(images.taken) >= 6
+    seen = [check_image(img, old, new, toks) for img in images.taken]
+    assert seen[0] == "old" and seen[-1] == "new"
+    assert seen == sorted(seen, key=["old", "new"].index), "the folder went back to the old model"
+    assert (folder / "notes.txt").read_text() == "the user's own file"
+    assert not (folder / PREVIOUS).exists()
+
+
+class Boom:
+    """Raise ENOSPC at the k-th call of `real`, as a full disk would."""
+
+    def __init__(self, real, k):
+        self.real, self.k, self.calls = real, k, 0
+
+    def __call__(self, *a, **kw):
+        self.calls += 1
+        if self.calls == self.k:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.real(*a, **kw)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_failure_at_every_replace_leaves_a_model_that_loads(tmp_path, monkeypatch, layout):
+    """A failure at the k-th os.replace, for every k: the folder loads (old or new), never
+    refused, and no temporary file or kept copy is left behind."""
+    old, new = models(2)
+    (tmp_path / "old.tok").write_bytes(b"old tokenizer")
+    (tmp_path / "new.tok").write_bytes(b"new tokenizer")
+    toks = {"old": sha(tmp_path / "old.tok"), "new": sha(tmp_path / "new.tok")}
+    for k in range(1, 20):
+        folder = tmp_path / f"k{k}"
+        layout(old, folder, tokenizer_file=tmp_path / "old.tok")
+        boom = Boom(os.replace, k)
+        monkeypatch.setattr(os, "replace", boom)
+        try:
+            layout(new, folder, tokenizer_file=tmp_path / "new.tok")
+            failed = False
+        except OSError as e:
+            failed = True
+            assert e.errno == errno.ENOSPC
+        monkeypatch.undo()
+        assert not (folder / PREVIOUS).exists()
+        assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+        which = check_image(folder, old, new, toks)
+        if failed:
+            assert which == "old"
+        else:
+            assert which == "new"
+            break
+    else:
+        pytest.fail("the save never completed")
+
+
+def test_leftover_temporary_files_are_removed_by_the_next_save(tmp_path):
+    old, new = models(2)
+    weights.save(old, tmp_path)
+    left = [tmp_path / "..model.safetensors.1a2b3c4d.tmp.x9y8z7.tmp", tmp_path / ".mistral_lab.json.abc.tmp",
+            tmp_path / f"{PREVIOUS}.1a2b3c4d"]
+    left[0].write_bytes(b"\0" * 1000)
+    left[1].write_text("{}")
+    left[2].mkdir()
+    mine = tmp_path / ".my_notes.tmp"  # not a name a save writes: not ours to remove
+    mine.write_text("keep")
+    weights.save(new, tmp_path)
+    assert not any(p.exists() for p in left)
+    assert mine.exists()
+    assert same(weights.load(tmp_path), new)
