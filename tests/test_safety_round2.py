@@ -164,3 +164,33 @@ def test_leftover_temporary_files_are_removed_by_the_next_save(tmp_path):
     assert not any(p.exists() for p in left)
     assert mine.exists()
     assert same(weights.load(tmp_path), new)
+
+
+# ------------------------------------------------- config keys that would be ignored
+
+@pytest.mark.parametrize("key,value", [("sliding_window", 8), ("rope_theta", 1e6), ("norm_eps", 1e-6),
+                                       ("dtype", "float16"), ("comment", "x")])
+def test_top_level_keys_outside_args_are_refused(tmp_path, key, value):
+    weights.save(models(1)[0], tmp_path)
+    d = json.loads((tmp_path / "mistral_lab.json").read_text())
+    d[key] = value
+    (tmp_path / "mistral_lab.json").write_text(json.dumps(d))
+    with pytest.raises(CheckpointError, match=rf"top-level key\(s\) \['{key}'\] are not read .*move them into 'args'") as e:
+        weights.load(tmp_path)
+    assert one_line(e.value)
+    with pytest.raises(CheckpointError):
+        weights.read_config(*weights.locate(tmp_path))  # info reads the config the same way
+
+
+@pytest.mark.parametrize("key", ["rope_scaling", "rope_parameters"])
+def test_rope_scaling_in_params_json_is_refused(tmp_path, key):
+    weights.save_mistral(models(1)[0], tmp_path)
+    d = json.loads((tmp_path / "params.json").read_text())
+    d[key] = {"type": "linear", "factor": 8}
+    (tmp_path / "params.json").write_text(json.dumps(d))
+    with pytest.raises(CheckpointError, match=rf"sets {key} .*only plain RoPE is supported") as e:
+        weights.load(tmp_path)
+    assert one_line(e.value)
+    d[key] = None  # null: no scaling, as written by some converters
+    (tmp_path / "params.json").write_text(json.dumps(d))
+    weights.load(tmp_path)
