@@ -194,3 +194,64 @@ def test_rope_scaling_in_params_json_is_refused(tmp_path, key):
     d[key] = None  # null: no scaling, as written by some converters
     (tmp_path / "params.json").write_text(json.dumps(d))
     weights.load(tmp_path)
+
+
+# ------------------------------------------------- train writes only into its own folders
+
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): sha(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path):
+    from mistral_lab.training import runs
+
+    hf = tmp_path / "hf"
+    weights.save_hf(models(1)[0], hf, tokenizer_file=ROOT / "assets" / "tokenizer.model")
+    before = snapshot(hf)
+    with pytest.raises(FileExistsError, match=r"holds files that are not a training run's \(config\.json, "
+                                              r"model\.safetensors, tokenizer\.model\)") as e:
+        runs.prepare_out(hf, overwrite=True)
+    assert one_line(e.value) and "--overwrite replaces only a run" in str(e.value)
+    assert snapshot(hf) == before
+    (hf / "train_log.jsonl").write_text("")  # a run's log beside another model's config: still not a run
+    with pytest.raises(FileExistsError, match=r"not a training run's \(config\.json\)"):
+        runs.prepare_out(hf, overwrite=True)
+    assert (hf / "model.safetensors").is_file()
+    run = tmp_path / "run"  # a run (with its corpus and a save's leftovers): replaced
+    weights.save(models(1)[0], run)
+    for name in ("train_log.jsonl", "run.json", "checkpoint.pt", "..model.safetensors.ab.tmp.cd.tmp"):
+        (run / name).write_text("")
+    (run / "data").mkdir()
+    (run / PREVIOUS).mkdir()
+    runs.prepare_out(run, overwrite=True)
+    assert sorted(p.name for p in run.iterdir()) == ["data"]
+
+
+def test_cli_overwrite_and_data_dir_refuse_another_model(tmp_path, capsys):
+    from mistral_lab.__main__ import main
+
+    model = tmp_path / "saved"
+    weights.save(models(1)[0], model, tokenizer_file=ROOT / "assets" / "tokenizer.model")
+    before = snapshot(model)
+    small = ["train", "--preset", "tiny", "--steps", "2", "--quiet", "--threads", "1"]
+    assert main([*small, "--out", str(model), "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not a training run's" in err
+    assert main([*small, "--out", str(tmp_path / "new_run"), "--data-dir", str(model)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "holds files that are not a corpus (mistral_lab.json" in err
+    assert snapshot(model) == before
+    assert not (tmp_path / "new_run").exists()
+
+
+def test_data_dir_holding_only_a_corpus_is_accepted(tmp_path):
+    from mistral_lab.data import corpus
+
+    corpus.check_data_dir(tmp_path / "new")
+    (tmp_path / "part").mkdir()
+    for name in ("tokenizer.model", "train.bin", ".heldout.bin.x1y2.tmp"):
+        (tmp_path / "part" / name).write_bytes(b"")
+    corpus.check_data_dir(tmp_path / "part")  # a corpus cut part-way: rebuilt
+    (tmp_path / "part" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"not a corpus \(notes\.txt\)"):
+        corpus.check_data_dir(tmp_path / "part")
