@@ -255,3 +255,34 @@ def test_data_dir_holding_only_a_corpus_is_accepted(tmp_path):
     (tmp_path / "part" / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match=r"not a corpus \(notes\.txt\)"):
         corpus.check_data_dir(tmp_path / "part")
+
+
+# ------------------------------------------------- threads: capped or refused, never a crash
+
+def test_an_explicit_thread_count_is_capped_at_the_usable_cpus():
+    from mistral_lab import threads
+
+    cpus = threads.usable_cpus()
+    assert threads.choose(10**5).n == cpus
+    assert "capped at" in threads.choose(10**5).source
+    before = torch.get_num_threads()
+    with threads.limited(10**5) as choice:
+        assert choice.n == cpus and torch.get_num_threads() == cpus
+    assert torch.get_num_threads() == before
+    for bad in (0, -1, 2.5, True, "4"):
+        with pytest.raises(ValueError, match="threads must be a positive integer"):
+            threads.choose(bad)
+
+
+@pytest.mark.parametrize("argv", [
+    ["generate", "--prompt", "hi", "--max-new-tokens", "3"], ["train", "--out", "X"], ["passkey", "train", "--out", "X"],
+    ["passkey", "eval"], ["perplexity", "README.md"], ["context-use", "--out", "X.json"], ["bench", "threads"]])
+def test_every_command_refuses_a_huge_thread_count_in_one_line(argv, capsys, tmp_path):
+    from mistral_lab.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main([*[str(tmp_path / a) if a.startswith("X") else a for a in argv], "--threads", "100000"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "expected a number of threads in 1..1024, got 100000" in err
+    assert not list(tmp_path.iterdir())
