@@ -161,3 +161,13 @@ def check_fits(args: ModelArgs, bytes_per_param: int, device="cpu", copies: int 
         raise ValueError(f"the model needs {need / gib:.1f} GiB ({args.n_params():,} parameters x {bytes_per_param} "
                          f"bytes{f' x {copies}' if copies > 1 else ''}) but only {free / gib:.1f} GiB is free on "
                          f"{device}: use a smaller configuration, a smaller dtype or another device")
+
+
+def check_bytes(need: int, what: str, device="cpu", fix: str = "ask for less") -> None:
+    """Refuse, before allocating, `need` bytes for `what` when the memory free on `device`
+    cannot hold them: one line with the size it would need and what to do."""
+    free = available_memory(device)
+    if free is not None and need > free:
+        gib = 2**30
+        raise MemoryError(f"{what} needs {need / gib:.2f} GiB ({need:,} bytes) but only {free / gib:.1f} GiB is "
+                          f"free on {device}: {fix}")

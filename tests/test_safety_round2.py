@@ -286,3 +286,75 @@ def test_every_command_refuses_a_huge_thread_count_in_one_line(argv, capsys, tmp
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "expected a number of threads in 1..1024, got 100000" in err
     assert not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------- ids, layers and heads: checked, never cast
+
+@pytest.fixture(scope="module")
+def shipped():
+    return ml.load(), weights.load_tokenizer()
+
+
+@pytest.mark.parametrize("eos", ["x", 10**6, -1, True, 2.0, 4096])
+def test_a_bad_eos_id_is_refused(shipped, eos):
+    model, _ = shipped
+    with pytest.raises(ValueError, match=r"eos_id must be a token id in \[0, 4096\) or None, got") as e:
+        ml.generate(model, [1, 529], 2, eos_id=eos)
+    assert one_line(e.value)
+
+
+@pytest.mark.parametrize("ids", [torch.tensor([1.9, 529.7]), [True, True], ["529"], [2.0], None])
+def test_the_tokenizer_refuses_ids_that_are_not_integers(shipped, ids):
+    import numpy as np
+    from mistral_lab.tokenizer import StreamDecoder
+
+    _, tok = shipped
+    ids = np.array([1.0, 529.0]) if ids is None else ids
+    for call in (tok.decode, tok.pieces, lambda x: StreamDecoder(tok, x), lambda x: StreamDecoder(tok).push(x[0]),
+                 lambda x: tok.id_to_piece(x[0])):
+        with pytest.raises((ValueError, TypeError), match="must be integers") as e:
+            call(ids)
+        assert one_line(e.value)
+    assert tok.decode(torch.tensor([1, 529])) == tok.decode([1, 529])  # integer tensors are fine
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"layers": [99]}, r"99 is not one of this model's layers \(0\.\.5\)"),
+    ({"layers": [-1]}, r"-1 is not a layer id"), ({"layers": ["a"]}, r"'a' is not a layer id"),
+    ({"layers": [1.0]}, r"1\.0 is not a layer id"), ({"layers": [True]}, r"True is not a layer id"),
+    ({"layers": 3}, r"takes a list of ids, got 3"), ({"layers": []}, r"layers=\[\]\) would record nothing"),
+    ({"heads": [-1]}, r"-1 is not a head id"), ({"heads": [1.7]}, r"1\.7 is not a head id"),
+    ({"heads": [99]}, r"99 is not one of this model's heads \(0\.\.7\)"),
+    ({"heads": []}, r"heads=\[\]\) would record nothing")])
+def test_trace_and_attention_bands_refuse_bad_layers_and_heads(shipped, kw, match):
+    from mistral_lab import trace
+    from mistral_lab.experiments.attention import attention_bands
+
+    model, _ = shipped
+    with pytest.raises(ValueError, match=match) as e:
+        with trace.record(probs=True, **kw):
+            ml.generate(model, [1, 529, 30], 2)
+    assert one_line(e.value)
+    with pytest.raises(ValueError, match=match):
+        attention_bands(model, [1, 529, 30], **kw)
+
+
+@pytest.mark.parametrize("ids,match", [([1.0, 2.0], "must be integers"), ([True, False], "must be integers"),
+                                       (torch.tensor([[1, 2], [3, 4]]), r"one sequence \(1-D\), got shape \(2, 2\)"),
+                                       (torch.tensor([1.5, 2.5]), "must be integers")])
+def test_attention_bands_refuses_ids_that_are_not_one_sequence_of_integers(shipped, ids, match):
+    from mistral_lab.experiments.attention import attention_bands
+
+    with pytest.raises(ValueError, match=match) as e:
+        attention_bands(shipped[0], ids)
+    assert one_line(e.value)
+
+
+def test_attention_band_of_a_head_not_recorded_names_it(shipped):
+    from mistral_lab import trace
+
+    with trace.record(layers=[0], probs=True, heads=[0, 5]) as t:
+        ml.generate(shipped[0], [1, 529, 30], 1)
+    t.attention_band(0, 5)
+    with pytest.raises(ValueError, match=r"head 3 was not recorded \(heads=\[0, 5\]\)"):
+        t.attention_band(0, 3)
