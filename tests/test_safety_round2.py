@@ -358,3 +358,22 @@ def test_attention_band_of_a_head_not_recorded_names_it(shipped):
     t.attention_band(0, 5)
     with pytest.raises(ValueError, match=r"head 3 was not recorded \(heads=\[0, 5\]\)"):
         t.attention_band(0, 3)
+
+
+# ------------------------------------------------- output paths checked before the work
+
+@pytest.mark.parametrize("argv", [["passkey", "eval", "--samples", "1"], ["context-use"], ["bench", "cpu-decode"],
+                                  ["bench", "perplexity-memory", "--mb", "0.01"], ["bench", "threads"]])
+def test_an_output_path_that_cannot_be_written_is_refused_before_the_work(argv, tmp_path, capsys):
+    import time
+
+    from mistral_lab.__main__ import main
+
+    t0 = time.perf_counter()
+    assert main([*argv, "--out", str(tmp_path / "missing" / "r.json")]) == 2
+    assert time.perf_counter() - t0 < 5, "refused only after the work"
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "the folder" in err and "does not exist" in err
+    (tmp_path / "dir.json").mkdir()
+    assert main([*argv, "--out", str(tmp_path / "dir.json")]) == 2
+    assert "it is a folder" in capsys.readouterr().err
