@@ -377,3 +377,42 @@ def test_an_output_path_that_cannot_be_written_is_refused_before_the_work(argv, 
     (tmp_path / "dir.json").mkdir()
     assert main([*argv, "--out", str(tmp_path / "dir.json")]) == 2
     assert "it is a folder" in capsys.readouterr().err
+
+
+# ------------------------------------------------- sizes that set an allocation: checked first
+
+@pytest.fixture
+def little_memory(monkeypatch):
+    """A machine with 64 MiB free: what a huge window or cache would meet."""
+    from mistral_lab import config
+
+    monkeypatch.setattr(config, "available_memory", lambda device: 64 * 2**20)
+
+
+def test_a_huge_window_is_refused_at_load_with_the_bytes_it_needs(little_memory):
+    with pytest.warns(UserWarning, match="untrained_window"):
+        with pytest.raises(CheckpointError, match=r"a rolling buffer of W = 1,000,000 slots needs [\d.]+ GiB "
+                                                  r"\([\d,]+ bytes\) but only 0\.1 GiB is free") as e:
+            ml.load(ROOT / "assets" / "model-full", untrained_window=10**6)
+    assert one_line(e.value)
+    with pytest.warns(UserWarning):
+        ml.load(ROOT / "assets" / "model-full", untrained_window=64)  # a small one still fits
+
+
+def test_a_huge_window_in_a_config_is_refused_at_load(tmp_path, little_memory):
+    weights.save(models(1)[0], tmp_path)
+    d = json.loads((tmp_path / "mistral_lab.json").read_text())
+    d["args"]["sliding_window"] = 10**9
+    (tmp_path / "mistral_lab.json").write_text(json.dumps(d))
+    with pytest.raises(CheckpointError, match=r"mistral_lab\.json: a rolling buffer of W = 1,000,000,000 slots needs"):
+        weights.load(tmp_path)
+
+
+def test_the_static_engine_checks_the_cache_for_max_new_tokens_first(little_memory):
+    model = ml.load(ROOT / "assets" / "model-full")
+    with pytest.raises(MemoryError, match=r"a KV cache of 1,000,00\d slots x 1 sequence needs [\d.]+ GiB .*generate "
+                                          r"fewer tokens") as e:
+        ml.generate(model, [1, 529, 30], 10**6, engine="static")
+    assert one_line(e.value)
+    with pytest.raises(MemoryError, match=r"x 100,000 sequences needs"):
+        model.new_cache(10**5)
