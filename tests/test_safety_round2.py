@@ -416,3 +416,18 @@ def test_the_static_engine_checks_the_cache_for_max_new_tokens_first(little_memo
     assert one_line(e.value)
     with pytest.raises(MemoryError, match=r"x 100,000 sequences needs"):
         model.new_cache(10**5)
+
+
+# ------------------------------------------------- the batch API's promise, with sampling
+
+@pytest.mark.parametrize("engine", ["auto", "model", "static"])
+@pytest.mark.parametrize("sampling", [dict(temperature=1.0, seed=3), dict(temperature=0.9, top_k=20, top_p=0.9, seed=7)])
+def test_each_row_of_a_seeded_sampled_batch_equals_that_prompt_alone(shipped, engine, sampling):
+    """README: each result of a batch equals generating that prompt alone -- with sampling
+    too, since each sequence draws from its own generator seeded with the seed."""
+    model, tok = shipped
+    prompts = [tok.encode("ROMEO."), tok.encode("JULIET. O Romeo, Romeo!"), [1]]
+    batch = ml.generate(model, prompts, 12, engine=engine, **sampling)
+    for prompt, row in zip(prompts, batch):
+        alone = ml.generate(model, prompt, 12, engine=engine, **sampling)
+        assert row.new_tokens == alone.new_tokens
