@@ -431,3 +431,17 @@ def test_each_row_of_a_seeded_sampled_batch_equals_that_prompt_alone(shipped, en
     for prompt, row in zip(prompts, batch):
         alone = ml.generate(model, prompt, 12, engine=engine, **sampling)
         assert row.new_tokens == alone.new_tokens
+
+
+# ------------------------------------------------- --resume never blocks on a FIFO
+
+@pytest.mark.parametrize("name", ["train_log.jsonl", "checkpoint.pt"])
+def test_resume_refuses_a_fifo_under_a_run_file_name(tmp_path, name):
+    from mistral_lab.training import runs
+
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    (tmp_path / name).unlink(missing_ok=True)
+    os.mkfifo(tmp_path / name)
+    with pytest.raises(ValueError, match=rf"{name} is not a regular file \(a FIFO\): .*remove or rename it") as e:
+        runs.prepare_out(tmp_path, resume=True)
+    assert one_line(e.value)

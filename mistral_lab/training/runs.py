@@ -51,6 +51,11 @@ def prepare_out(out_dir: Path, *, resume: bool = False, overwrite: bool = False)
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"{out_dir} is a file, not a folder: give --out a folder")
     if resume:
+        for name in RUN_FILES:  # a FIFO or a folder under a run's name would block or fail mid-run
+            f = out_dir / name
+            if (f.exists() or f.is_symlink()) and not f.is_file():
+                raise ValueError(f"{f} is not a regular file ({_kind(f)}): a run writes it as a file; "
+                                 f"remove or rename it, then resume")
         read_checkpoint(out_dir)  # fails in one line when there is nothing to resume
         recover(out_dir)  # a save cut by a kill: its old model back, its temporary files gone
         log = out_dir / "train_log.jsonl"
@@ -82,6 +87,16 @@ def prepare_out(out_dir: Path, *, resume: bool = False, overwrite: bool = False)
     for name in RUN_FILES:  # the config first: the folder stops being a loadable model at once
         (out_dir / name).unlink(missing_ok=True)
     shutil.rmtree(out_dir / PREVIOUS, ignore_errors=True)
+
+
+def _kind(path: Path) -> str:
+    if path.is_dir():
+        return "a folder"
+    if path.is_fifo():
+        return "a FIFO"
+    if path.is_symlink():
+        return "a broken link"
+    return "not a file"
 
 
 def _check_parent(out_dir: Path) -> None:
