@@ -445,3 +445,19 @@ def test_resume_refuses_a_fifo_under_a_run_file_name(tmp_path, name):
     with pytest.raises(ValueError, match=rf"{name} is not a regular file \(a FIFO\): .*remove or rename it") as e:
         runs.prepare_out(tmp_path, resume=True)
     assert one_line(e.value)
+
+
+# ------------------------------------------------- perplexity streams a file without newlines
+
+@pytest.mark.parametrize("sep", [" ", "  ", "\n"])
+def test_a_file_without_newlines_is_streamed_with_the_ids_of_the_whole(tmp_path, shipped, sep):
+    from mistral_lab.experiments.perplexity import text_blocks, token_blocks
+
+    _, tok = shipped
+    text = (ROOT / "assets" / "heldout.txt").read_text(encoding="utf-8")[:60000].replace("\n", sep)
+    f = tmp_path / "one_line.txt"
+    f.write_text(text, encoding="utf-8")
+    blocks = list(text_blocks(f, 2000))
+    assert "".join(blocks) == text
+    assert max(len(b) for b in blocks) < 2 * 2000 + 200, "the text was held whole"
+    assert [i for _, ids in token_blocks(tok, f, 2000) for i in ids] == tok.encode(text)
