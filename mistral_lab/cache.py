@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 
 from . import trace
-from .config import ModelArgs
+from .config import ModelArgs, check_cache_fits
 from .masks import keys_per_query, oldest_visible
 
 
@@ -64,6 +64,7 @@ class KVCache:
             )
         self.args = args
         self.grow = grow
+        check_cache_fits(args, batch_size, capacity, dtype, device)  # one line with the bytes, not the allocator's
         shape = (args.n_layers, batch_size, capacity, args.n_kv_heads, args.head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)  # (L, B, S, K, D)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
@@ -157,6 +158,7 @@ class KVCache:
     def _resize(self, capacity: int) -> None:
         # Before any wrap, slot == position, so the old contents keep their slots.
         old = self.capacity
+        check_cache_fits(self.args, self.batch_size, capacity, self.k.dtype, self.k.device)
         for name in ("k", "v", "slot_pos"):
             t = getattr(self, name)
             fill = -1 if name == "slot_pos" else 0

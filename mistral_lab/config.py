@@ -161,3 +161,25 @@ def check_fits(args: ModelArgs, bytes_per_param: int, device="cpu", copies: int 
         raise ValueError(f"the model needs {need / gib:.1f} GiB ({args.n_params():,} parameters x {bytes_per_param} "
                          f"bytes{f' x {copies}' if copies > 1 else ''}) but only {free / gib:.1f} GiB is free on "
                          f"{device}: use a smaller configuration, a smaller dtype or another device")
+
+
+def check_bytes(need: int, what: str, device="cpu", fix: str = "ask for less") -> None:
+    """Refuse, before allocating, `need` bytes for `what` when the memory free on `device`
+    cannot hold them: one line with the size it would need and what to do."""
+    free = available_memory(device)
+    if free is not None and need > free:
+        gib = 2**30
+        raise MemoryError(f"{what} needs {need / gib:.2f} GiB ({need:,} bytes) but only {free / gib:.1f} GiB is "
+                          f"free on {device}: {fix}")
+
+
+def check_cache_fits(args: ModelArgs, batch_size: int, capacity: int, dtype, device) -> None:
+    """Refuse a KV cache of `capacity` slots per sequence (keys, values and their
+    positions) that the memory free on `device` cannot hold, before allocating it."""
+    element = torch.tensor([], dtype=dtype).element_size()
+    need = batch_size * capacity * (args.kv_bytes_per_token(element) + 8 * args.n_layers)
+    window = args.sliding_window
+    fix = (f"use a smaller window (W = {window})" if window is not None and capacity == window
+           else "generate fewer tokens, use a smaller batch, or a model with a window")
+    check_bytes(need, f"a KV cache of {capacity:,} slots x {batch_size:,} sequence{'s' if batch_size > 1 else ''}",
+                device or "cpu", fix=fix)

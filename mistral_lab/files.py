@@ -62,11 +62,11 @@ def atomic_write(path, write: Callable[[object], None], *, binary: bool = True) 
         except FileNotFoundError:
             pass
         raise
-    _fsync_dir(folder)
+    fsync_dir(folder)
     return path
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder) -> None:
     """Make the rename itself durable (POSIX; a no-op where folders cannot be opened)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -207,5 +207,5 @@ def write_result(path, benchmark: str, body: dict, *, command: str, device: str 
 
 
 __all__ = ["RESULT_KEYS", "atomic_write", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
-           "check_writable", "cpu_name", "digest", "environment", "provenance", "result", "sha256", "shown_path",
+           "check_writable", "cpu_name", "fsync_dir", "digest", "environment", "provenance", "result", "sha256", "shown_path",
            "write_result"]

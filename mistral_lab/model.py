@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from . import ops
+from . import ops, trace
 from .backends import for_layer, get_backend
 from .cache import KVCache, LayerCache
 from .config import ModelArgs
@@ -120,6 +120,8 @@ class Transformer(nn.Module):
         B, T = tokens.shape
         check_batch(tokens, self.args.vocab_size)
         n = lengths_of(lengths, B, T)
+        if trace.active() is not None:  # layers and heads asked for that this model has not: one line
+            trace.active().check_model(self.args.n_layers, self.args.n_heads)
         if cache is None:
             t = torch.arange(T)
             positions = (t.expand(B, T) if lengths is None else torch.where(t < n[:, None], t, -1)).to(tokens.device)

@@ -127,7 +127,7 @@ class StreamDecoder:
         """prompt_ids: tokens whose text is already shown (the prompt), so the first new
         token keeps its leading space. Only the tail of the ids is ever re-decoded."""
         self.tok = tokenizer
-        self.ids: list[int] = tokenizer._check(prompt_ids or [])
+        self.ids: list[int] = tokenizer._check([] if prompt_ids is None else prompt_ids)
         # The whole prompt is context for the first push; after it the window is short.
         self.prefix_offset = 0
         self.read_offset = len(self.ids)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .masks import visible
+from .tokens import is_id
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,14 @@ class Trace:
     attention: list[AttentionCall] = field(default_factory=list)
     kernel_calls: list = field(default_factory=list)  # filled by mistral_lab.kernels
 
+    def check_model(self, n_layers: int, n_heads: int) -> None:
+        """The layers and heads asked for exist in the model that runs (called by its forward)."""
+        for what, ids, n in (("layers", self.layers, n_layers), ("heads", self.heads, n_heads)):
+            bad = sorted(i for i in (ids or ()) if i >= n)
+            if bad:
+                raise ValueError(f"trace.record({what}=...): {bad[0]} is not one of this model's {what} "
+                                 f"(0..{n - 1}): pass ids in 0..{n - 1}, or None for all")
+
     def wants_layer(self, layer: int) -> bool:
         return self.layers is None or layer in self.layers
 
@@ -106,6 +115,11 @@ class Trace:
         for c in self.calls(layer):
             if c.probs is None:
                 raise ValueError("this trace holds no attention probabilities: record(probs=True)")
+            if c.heads is not None and head not in c.heads:
+                raise ValueError(f"head {head!r} was not recorded (heads={list(c.heads)}): "
+                                 f"record(heads=[..., {head!r}]), or heads=None for all")
+            if not is_id(head) or (c.heads is None and not 0 <= head < c.probs.shape[1]):
+                raise ValueError(f"head must be a query head id in 0..{c.probs.shape[1] - 1}, got {head!r}")
             h = head if c.heads is None else list(c.heads).index(head)
             p = c.probs[seq, h]  # (Tq, Tk)
             qp, kp = c.q_pos[seq], c.k_pos[seq]
@@ -130,6 +144,20 @@ class Trace:
 _active: Trace | None = None
 
 
+def check_ids(what: str, ids) -> tuple[int, ...]:
+    """Layer or head ids as given to record: integers >= 0 (checked against the model when
+    it runs), at least one; a float, bool or string is refused, never cast."""
+    if isinstance(ids, (str, bytes)) or is_id(ids):
+        raise ValueError(f"trace.record({what}=...) takes a list of ids, got {ids!r}: e.g. {what}=[0]")
+    items = list(ids.tolist() if isinstance(ids, torch.Tensor) else ids)
+    if not items:
+        raise ValueError(f"trace.record({what}=[]) would record nothing: pass some ids, or None for all")
+    for i in items:
+        if not is_id(i) or int(i) < 0:
+            raise ValueError(f"trace.record({what}=...): {i!r} is not a {what[:-1]} id (an integer >= 0)")
+    return tuple(int(i) for i in items)
+
+
 def active() -> Trace | None:
     return _active
 
@@ -142,9 +170,9 @@ def record(layers=None, *, attention: bool = False, probs: bool = False, qkv: bo
     kept to those query heads."""
     global _active
     outer = _active
-    _active = Trace(layers=None if layers is None else frozenset(layers),
-                    attention_calls=attention or probs or qkv, probs=probs, qkv=qkv,
-                    heads=None if heads is None else tuple(int(h) for h in heads))
+    chosen = {what: None if ids is None else check_ids(what, ids) for what, ids in (("layers", layers), ("heads", heads))}
+    _active = Trace(layers=None if layers is None else frozenset(chosen["layers"]),
+                    attention_calls=attention or probs or qkv, probs=probs, qkv=qkv, heads=chosen["heads"])
     try:
         yield _active
     finally:

@@ -79,7 +79,7 @@ def _worker(args) -> None:
 
         hf = MistralForCausalLM.from_pretrained(args.hf_path, local_files_only=True).eval()
         if args.threads:
-            torch.set_num_threads(args.threads)
+            torch.set_num_threads(threads.choose(args.threads).n)  # capped at the usable CPUs, as ours
 
         @torch.inference_mode()
         def run():

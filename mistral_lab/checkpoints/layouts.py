@@ -40,6 +40,10 @@ from .tensorfiles import CheckpointError
 
 MISTRAL, HF, OWN = "Mistral original", "Hugging Face", "mistral_lab"
 OWN_FORMAT_VERSION = 2  # 1: {format, args} only (the shipped model); 2: adds the manifest of its files
+OWN_KEYS = {1: {"format", "version", "args"}, 2: {"format", "version", "args", "files"}}  # top-level keys read
+# Where a save keeps the old model while it switches the files (saving.py): read instead of
+# a folder that has no config beside it (layouts.previous).
+PREVIOUS = ".mistral_lab-previous"
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,11 @@ def _own_parse(file: Path, d: dict) -> tuple[ModelArgs, bool]:
     if type(version) is not int or not 1 <= version <= OWN_FORMAT_VERSION:
         raise CheckpointError(f"{file} has format version {version!r}; this mistral_lab reads versions 1 to "
                               f"{OWN_FORMAT_VERSION}: upgrade mistral_lab, or re-save the model with this one")
+    ignored = sorted(set(d) - OWN_KEYS[version])
+    if ignored:
+        where = " (a ModelArgs field: it belongs inside 'args')" if set(ignored) & set(ModelArgs.__dataclass_fields__) else ""
+        raise CheckpointError(f"{file}: top-level key(s) {ignored} are not read by format version {version}{where}: "
+                              f"move them into 'args' or remove them")
     if not isinstance(d.get("args"), dict):
         raise CheckpointError(f"{file} lacks an 'args' object (ModelArgs fields): re-save with mistral_lab.save")
     unknown = set(d["args"]) - set(ModelArgs.__dataclass_fields__)
@@ -105,6 +114,10 @@ def _own_config(args: ModelArgs, dtype: torch.dtype) -> dict:
 
 def _mistral_parse(file: Path, p: dict) -> tuple[ModelArgs, bool]:
     _require(file, p, "dim", "n_layers", "hidden_dim", "n_heads", "vocab_size")
+    for key in ("rope_scaling", "rope_parameters"):
+        if p.get(key) is not None:
+            raise CheckpointError(f"{file} sets {key} {json.dumps(p[key])[:60]}: only plain RoPE is supported "
+                                  f"(remove the key only if the model was trained without scaling)")
     if p.get("moe"):
         raise CheckpointError(f"{file} describes a mixture-of-experts model ('moe'): only dense Mistral models are supported")
     return _args(
@@ -272,6 +285,19 @@ LAYOUTS: tuple[Layout, ...] = (
            _own_parse, _own_files, _own_config, file_names=("model.safetensors",)),
 )
 BY_NAME = {layout.name: layout for layout in LAYOUTS}
+
+
+def has_config(folder: Path) -> bool:
+    """Whether `folder` holds the config file of any layout."""
+    return any((Path(folder) / x.config_file).is_file() for x in LAYOUTS)
+
+
+def previous(folder: Path) -> Path:
+    """The folder to read for `folder`: itself, or, when a save was cut while switching
+    files (no config, a complete PREVIOUS beside them), the old model kept in PREVIOUS."""
+    folder = Path(folder)
+    prev = folder / PREVIOUS
+    return prev if not has_config(folder) and has_config(prev) else folder
 
 
 def detect(folder: Path, named: Path | None = None) -> Layout:

@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 
 from .. import files
-from ..config import ModelArgs, check_fits
+from ..cache import cache_bytes
+from ..config import ModelArgs, check_bytes, check_fits
 from ..data.assets import default_model_path
 from ..model import Transformer
-from .layouts import BY_NAME, OWN, Layout, detect
+from .layouts import BY_NAME, OWN, Layout, detect, previous
 from .tensorfiles import CheckpointError, index, safe_open
 
 
@@ -63,7 +64,11 @@ def load(path=None, *, dtype: torch.dtype | None = None, device="cpu", backend: 
     dtype = dtype or default_dtype(idx[names["tok_embeddings.weight"]][1], device)
     try:
         check_fits(args, torch.tensor([], dtype=dtype).element_size(), device)
-    except ValueError as e:
+        if args.sliding_window is not None:  # every generation allocates a W-slot buffer: a huge W fails here
+            check_bytes(cache_bytes(args, args.sliding_window, rolling=True, bytes_per_element=torch.tensor(
+                [], dtype=dtype).element_size()), f"a rolling buffer of W = {args.sliding_window:,} slots",
+                device, fix="use a smaller window (untrained_window=, or the config's sliding_window)")
+    except (ValueError, MemoryError) as e:
         raise CheckpointError(f"{config_file}: {e}") from None
     with torch.device("meta"):  # shapes only: the real tensors are assigned below
         model = Transformer(args, backend=backend)
@@ -98,6 +103,8 @@ def locate(path) -> tuple[Path, str]:
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path} does not exist (give a checkpoint directory)")
     folder = path if path.is_dir() else path.parent
+    if path.is_dir() and previous(folder) != folder:  # a save cut mid-switch: its old model
+        folder = previous(folder)
     return folder, detect(folder, None if path.is_dir() else path).name
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..data.assets import default_model_path
 from ..tokenizer import Tokenizer
+from .layouts import previous
 from .loading import locate, read_config
 from .tensorfiles import CheckpointError
 
@@ -42,7 +43,7 @@ def load_tokenizer(path=None, *, tokenizer=None, check: bool = True) -> Tokenize
     elif path.is_file() and path.name.startswith("tokenizer.model"):
         tok = Tokenizer(path)
     else:
-        folder = path if path.is_dir() else path.parent
+        folder = previous(path) if path.is_dir() else path.parent  # a save cut mid-switch: the old model's
         found = tokenizer_file(folder)
         if found is None:
             raise FileNotFoundError(

@@ -181,6 +181,26 @@ def unigram_perplexity(train_tokens: np.ndarray, heldout_tokens: np.ndarray, voc
     return math.exp(-log_p[targets].mean())
 
 
+DATA_FILES = ("tokenizer.model", "heldout.txt", "train.bin", "heldout.bin", "corpus.json")  # what prepare writes
+
+
+def check_data_dir(out_dir: str | Path) -> None:
+    """A folder prepare may write into: new, empty, or holding only a corpus (its files and
+    their temporary files); anything else -- a saved model, a run, a user's files -- is
+    refused in one line, untouched."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"{out_dir} is a file, not a folder: give --data-dir a folder")
+    if not out_dir.is_dir():
+        return
+    other = sorted(p.name for p in out_dir.iterdir() if p.name not in DATA_FILES
+                   and not (p.name.endswith(".tmp") and any(p.name.startswith(f".{n}.") for n in DATA_FILES)))
+    if other:
+        shown = ", ".join(other[:4]) + (", ..." if len(other) > 4 else "")
+        raise FileExistsError(f"{out_dir} holds files that are not a corpus ({shown}): give --data-dir a new or "
+                              f"empty folder, or one that holds only a corpus built by mistral_lab train")
+
+
 def prepare(out_dir: str | Path, vocab_size: int = 4096, corpus: Corpus | None = None) -> dict:
     """Build everything training needs into `out_dir`; returns the numbers.
 
@@ -200,6 +220,7 @@ def prepare(out_dir: str | Path, vocab_size: int = 4096, corpus: Corpus | None =
         done = all((out_dir / n).is_file() for n in ("tokenizer.model", "train.bin", "heldout.bin"))
         if isinstance(stats, dict) and stats.get("vocab_size") == vocab_size and done:
             return stats
+    check_data_dir(out_dir)  # before anything is written: never into a model's or a user's folder
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp.unlink(missing_ok=True)  # incomplete until the numbers are written, last
     corpus = corpus or build_corpus()

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 import torch
 
 from .. import trace
+from ..config import check_bytes
 from ..generate import prefill
+from ..tokens import id_list, is_id
 
 NO_WINDOW_WIDTH = 512  # band width for a model without a window: the twin's training length
 
@@ -66,12 +68,22 @@ def attention_bands(model, ids, layers=None, heads=None, chunk_size: int | None 
     does not depend on it (a chunked pre-fill computes the same attention).
     """
     args = model.args
-    ids = torch.as_tensor(ids, dtype=torch.long).reshape(1, -1)
+    ids = torch.tensor(id_list(ids, "attention_bands' token ids"), dtype=torch.long).reshape(1, -1)
     N = ids.shape[1]
-    layers = tuple(range(args.n_layers)) if layers is None else tuple(int(x) for x in layers)
-    heads = tuple(range(args.n_heads)) if heads is None else tuple(int(x) for x in heads)
+    if N == 0:
+        raise ValueError("attention_bands needs at least one token id")
+    layers = tuple(range(args.n_layers)) if layers is None else trace.check_ids("layers", layers)
+    heads = tuple(range(args.n_heads)) if heads is None else trace.check_ids("heads", heads)
+    trace.Trace(layers=frozenset(layers), heads=heads).check_model(args.n_layers, args.n_heads)
+    if width is not None and not (is_id(width) and width > 0):
+        raise ValueError(f"width must be a positive number of key positions, got {width!r}")
     W = _band_width(args.sliding_window, width, N)
+    if chunk_size is not None and not (is_id(chunk_size) and chunk_size > 0):
+        raise ValueError(f"chunk_size must be a positive number of tokens, got {chunk_size!r}")
     chunk = chunk_size or args.sliding_window or 64
+    itemsize = torch.tensor([], dtype=dtype).element_size()
+    check_bytes(len(layers) * len(heads) * N * W * itemsize, f"the bands of {len(layers)} layers x {len(heads)} "
+                f"heads x {N} tokens x {W} keys", fix="ask for fewer layers, heads or tokens")
     probs = torch.zeros(len(layers), len(heads), N, W, dtype=dtype)
     cache = model.new_cache()
     device = next(model.parameters()).device

@@ -1,7 +1,7 @@
 """Perplexity of a text file of any length, in memory that does not grow with it.
 
-The file is read in blocks (checked to be UTF-8 as it goes), cut after a newline,
-tokenized block by block, and fed to the model chunk by chunk over a rolling cache.
+The file is read in blocks (checked to be UTF-8 as it goes), cut after a newline (in
+a line longer than a block, before a space between two words), tokenized block by block, and fed to the model chunk by chunk over a rolling cache.
 Only running sums are kept: no per-token tensor outlives its chunk. Peak memory is
 the model, one block of text, its ids, the cache (W slots) and one chunk's logits.
 
@@ -48,9 +48,20 @@ def text_blocks(path: Path, block_bytes: int = BLOCK_BYTES):
                     yield text
                 return
             cut = text.rfind("\n") + 1
+            if not cut and len(text) > block_bytes:  # a long line: cut before a space between two words
+                cut = _word_gap(text)
             carry = text[cut:]
             if cut:
                 yield text[:cut]
+
+
+def _word_gap(text: str) -> int:
+    """The index of the last single space between two non-space characters (0: none). A
+    piece never crosses it (split_by_whitespace), so the ids on both sides are the same."""
+    for i in range(len(text) - 2, 0, -1):
+        if text[i] == " " and not text[i - 1].isspace() and not text[i + 1].isspace():
+            return i
+    return 0
 
 
 def token_blocks(tok, path: Path, block_bytes: int = BLOCK_BYTES):

@@ -29,6 +29,7 @@ import torch
 from IPython.display import Markdown, display
 
 from ..checkpoints import CheckpointError, load, load_tokenizer
+from ..checkpoints.layouts import previous
 from ..checkpoints.tokenizers import tokenizer_file
 from ..config import ModelArgs, available_memory
 from ..data.assets import default_model_path
@@ -130,7 +131,7 @@ def open_model(model=None, device: str = "auto", dtype="auto") -> Lab:
     dev = _device(device)
     dt = _dtype(dtype, dev)
     path = Path(model).expanduser() if model else default_model_path()
-    if path.is_dir() and any(path.glob("*.json")) and tokenizer_file(path) is None:  # a notebook has no tokenizer parameter
+    if path.is_dir() and any(path.glob("*.json")) and tokenizer_file(previous(path)) is None:  # a notebook has no tokenizer parameter
         raise NotebookError(f"{shown_path(path)} has no tokenizer.model: copy the tokenizer the model was trained with "
                             f"into that folder (Mistral 7B v0.1 and its fine-tunes: {Tokenizer.mistral_v1().model_file})")
     try:

@@ -4,11 +4,13 @@ A run folder holds the model (project layout: mistral_lab.json, model.safetensor
 tokenizer.model), train_info.json (settings, data, environment, wall time),
 train_log.jsonl and checkpoint.pt, and by default the corpus in data/. A run writes only
 into a new or empty folder, or one holding its own run (--resume continues it; --overwrite
-replaces a run's files): a folder holding anything else is refused, untouched.
+replaces a run's files, and only in a folder that holds nothing but a run): a folder
+holding anything else -- another model, a user's files -- is refused, untouched.
 """
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -17,6 +19,8 @@ import torch
 
 from .. import files, threads
 from ..checkpoints import save
+from ..checkpoints.layouts import PREVIOUS
+from ..checkpoints.saving import recover
 from ..config import preset
 from ..data import corpus
 from .train import TrainConfig, read_checkpoint, read_log, resume_settings, train
@@ -24,6 +28,18 @@ from .train import TrainConfig, read_checkpoint, read_log, resume_settings, trai
 # What a run writes into its folder (besides the corpus in data/, by default).
 RUN_FILES = ("mistral_lab.json", "model.safetensors", "tokenizer.model", "train_info.json", "checkpoint.pt",
              "train_log.jsonl", "run.json")
+RUN_MARKS = ("checkpoint.pt", "train_log.jsonl", "run.json", "train_info.json")  # only a run writes these
+
+
+def foreign(out_dir: Path) -> list[str]:
+    """What out_dir holds that no run writes (a run's corpus in data/, a save's temporary
+    files and kept previous model aside); everything when it holds no run at all."""
+    held = sorted(p.name for p in Path(out_dir).iterdir())
+    if not any(n in RUN_MARKS for n in held):
+        return held
+    own = set(RUN_FILES) | {"data", PREVIOUS}
+    return [n for n in held if n not in own and not (n.startswith(".") and n.endswith(".tmp"))
+            and not n.startswith(f"{PREVIOUS}.")]
 
 
 def prepare_out(out_dir: Path, *, resume: bool = False, overwrite: bool = False) -> None:
@@ -35,7 +51,13 @@ def prepare_out(out_dir: Path, *, resume: bool = False, overwrite: bool = False)
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"{out_dir} is a file, not a folder: give --out a folder")
     if resume:
+        for name in RUN_FILES:  # a FIFO or a folder under a run's name would block or fail mid-run
+            f = out_dir / name
+            if (f.exists() or f.is_symlink()) and not f.is_file():
+                raise ValueError(f"{f} is not a regular file ({_kind(f)}): a run writes it as a file; "
+                                 f"remove or rename it, then resume")
         read_checkpoint(out_dir)  # fails in one line when there is nothing to resume
+        recover(out_dir)  # a save cut by a kill: its old model back, its temporary files gone
         log = out_dir / "train_log.jsonl"
         if log.is_file():
             data = log.read_bytes()
@@ -56,8 +78,25 @@ def prepare_out(out_dir: Path, *, resume: bool = False, overwrite: bool = False)
             f"{out_dir} {'holds a training run' if run else f'is not empty ({shown})'}: "
             f"{'continue it with --resume, ' if run else ''}train into a new folder, or pass --overwrite to replace "
             f"{'it' if run else 'the files of a run there'}")
+    other = foreign(out_dir)
+    if other:
+        shown = ", ".join(other[:4]) + (", ..." if len(other) > 4 else "")
+        raise FileExistsError(f"{out_dir} holds files that are not a training run's ({shown}): --overwrite "
+                              f"replaces only a run of mistral_lab train; train into a new or empty folder")
+    recover(out_dir)  # a save cut by a kill: its temporary files gone before the run's files
     for name in RUN_FILES:  # the config first: the folder stops being a loadable model at once
         (out_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / PREVIOUS, ignore_errors=True)
+
+
+def _kind(path: Path) -> str:
+    if path.is_dir():
+        return "a folder"
+    if path.is_fifo():
+        return "a FIFO"
+    if path.is_symlink():
+        return "a broken link"
+    return "not a file"
 
 
 def _check_parent(out_dir: Path) -> None:
@@ -110,6 +149,8 @@ def text_run(out_dir, *, preset_name: str | None = None, given: dict | None = No
         model_args = preset(name)
         cfg = TrainConfig(**given, device=device)
         data_dir = Path(data_dir) if data_dir else out_dir / "data"
+    if not (data_dir / "corpus.json").is_file():
+        corpus.check_data_dir(data_dir)  # the corpus will be built there: refused now, before any work
     with threads.limited(n_threads, kind=threads.kind_for(model_args.n_params())):
         stats = corpus.prepare(data_dir, vocab_size=model_args.vocab_size)
         train_tokens = np.fromfile(data_dir / "train.bin", dtype=np.uint16)
