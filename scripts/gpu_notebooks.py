@@ -118,6 +118,7 @@ def main(argv=None) -> int:
         model = a.weights
         if not (model / "config.json").exists():
             write(model, ml.preset("mistral-7b-v0.1"))
+    model = model.resolve()  # the kernels run in notebooks/: a relative path would point elsewhere
     notebooks = sorted(p for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb") if not a.only or p.name[:2] in a.only)
     out_dir = a.out.parent / (a.out.stem + "_notebooks")
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -171,3 +171,13 @@ def test_assets_readme_states_what_each_train_info_recorded():
     said = " ".join(ASSETS_README.split())
     missing = [s for s in stated if s not in said]
     assert not missing, "assets/README.md no longer states: " + "; ".join(missing)
+
+
+def test_teaching_time_per_notebook_is_the_committed_run():
+    d = json.loads((ROOT / "benchmarks" / "logs" / "cpu_notebooks.json").read_text())
+    assert {r["notebook"] for r in d["rows"]} == {p.name for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")}
+    assert all(r["finished"] for r in d["rows"])
+    for r in d["rows"]:
+        row = f"| {r['notebook'].removesuffix('.ipynb')} | {r['seconds']:.1f} | {r['kernel_peak_rss_mib']} |"
+        assert row in TEACHING, f"TEACHING's time table is not benchmarks/logs/cpu_notebooks.json's: {row}"
+    assert f"All ten in {sum(r['seconds'] for r in d['rows']):.0f} s" in TEACHING

@@ -195,7 +195,8 @@ def test_benchmark_json_round_trip(tmp_path):
              head_dim=128, dtype="bfloat16", batch=1)])
     doc = files.write_result(tmp_path / "bench.json", "attention", {"device": "a GPU", "rows": rows}, command="test")
     assert {"date", "commit", "command", "environment", "device", "rows", "digest"} <= set(doc)
-    back = kviz.load_benchmarks(tmp_path)
+    files.write_result(tmp_path / "threads.json", "threads", {"rows": [{"kind": "score", "threads": 1}]}, command="test")
+    back = kviz.load_benchmarks(tmp_path)  # the kernel benchmark's rows only, not another result's
     assert [r["impl"] for r in back] == ["triton_swa", "sdpa_causal"] and back[0]["device"] == doc["device"]
     assert "2.00x" in kviz.benchmark_summary(back)
 

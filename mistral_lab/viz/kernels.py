@@ -56,12 +56,17 @@ def tile_map_figure(call) -> go.Figure:
     return fig
 
 
+KERNEL_BENCHMARKS = ("attention", "decode")  # `bench attention|decode`: the results this module plots
+
+
 def load_benchmarks(folder) -> list[dict]:
     """Rows of every committed kernel benchmark (benchmarks/*.json written by `python -m
     mistral_lab bench attention|decode --out`), each with its file, device and commit."""
     rows = []
     for p in sorted(Path(folder).glob("*.json")):
         doc = json.loads(p.read_text())
+        if doc.get("benchmark") not in KERNEL_BENCHMARKS:  # other results have rows of their own kind
+            continue
         for r in doc.get("rows", []):
             rows.append({**r, "device": doc.get("device"), "file": p.name, "commit": doc.get("commit")})
     return rows
