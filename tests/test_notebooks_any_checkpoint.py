@@ -40,6 +40,7 @@ def checkpoints(tmp_path_factory):
     return {"other": write(root / "other", OTHER), "no_window": write(root / "no_window", NO_WINDOW)}
 
 
+NOTHING_WINDOWED = {"08"}  # the chat format: no section depends on the window
 NO_WINDOW_SAID = re.compile(r"no window|without a window|full attention|full causal", re.I)
 
 
@@ -76,7 +77,7 @@ def test_notebook_runs_on_another_checkpoint(src, kind, checkpoints, tmp_path, m
     shown = "".join(o.get("data", {}).get("text/plain", "") for c in code for o in c["outputs"] if "data" in o)
     args = NO_WINDOW if kind == "no_window" else OTHER
     assert f"dim {args.dim}" in shown and f"{args.n_layers} layers" in shown, f"{src.name}: the model is not shown"
-    if kind == "no_window":  # beyond the model's own description, the notebook says what having no window changes
+    if kind == "no_window" and src.name[:2] not in NOTHING_WINDOWED:  # beyond the model's own description, the notebook says what having no window changes
         said = [_text(o) for c in code for o in c["outputs"]]
         assert any(NO_WINDOW_SAID.search(t) for t in said if "K/V heads" not in t), f"{src.name}: silent about no window"
 
