@@ -17,23 +17,10 @@ from mistral_lab import checkpoints as weights
 from mistral_lab.checkpoints import CheckpointError, saving
 from mistral_lab.checkpoints.layouts import PREVIOUS, previous
 
+from test_safety import ARGS, models, same  # noqa: E402  (the first round's small models)
+
 ROOT = Path(__file__).resolve().parent.parent
-ARGS = ml.ModelArgs(dim=32, n_layers=2, head_dim=8, hidden_dim=48, n_heads=4, n_kv_heads=2, vocab_size=50,
-                    sliding_window=4)
 LAYOUTS = [weights.save, weights.save_mistral, weights.save_hf]
-
-
-def models(n):
-    out = []
-    for seed in range(n):
-        torch.manual_seed(seed)
-        out.append(ml.Transformer(ARGS).eval())
-    return out
-
-
-def same(a, b):
-    sa, sb = a.state_dict(), b.state_dict()
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def one_line(e) -> bool:
