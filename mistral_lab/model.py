@@ -120,8 +120,9 @@ class Transformer(nn.Module):
         B, T = tokens.shape
         check_batch(tokens, self.args.vocab_size)
         n = lengths_of(lengths, B, T)
-        if trace.active() is not None:  # layers and heads asked for that this model has not: one line
-            trace.active().check_model(self.args.n_layers, self.args.n_heads)
+        recording = trace.active()
+        if recording is not None:  # layers and heads asked for that this model has not: one line
+            recording.check_model(self.args.n_layers, self.args.n_heads)
         if cache is None:
             t = torch.arange(T)
             positions = (t.expand(B, T) if lengths is None else torch.where(t < n[:, None], t, -1)).to(tokens.device)

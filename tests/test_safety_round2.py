@@ -17,7 +17,7 @@ from mistral_lab import checkpoints as weights
 from mistral_lab.checkpoints import CheckpointError, saving
 from mistral_lab.checkpoints.layouts import PREVIOUS, previous
 
-from test_safety import ARGS, models, same  # noqa: E402  (the first round's small models)
+from test_safety import ARGS, Boom, models, same  # noqa: E402  (the first round's small models)
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYOUTS = [weights.save, weights.save_mistral, weights.save_hf]
@@ -90,19 +90,6 @@ def test_a_kill_at_every_step_of_a_save_leaves_the_old_model_or_the_new(tmp_path
     assert seen == sorted(seen, key=["old", "new"].index), "the folder went back to the old model"
     assert (folder / "notes.txt").read_text() == "the user's own file"
     assert not (folder / PREVIOUS).exists()
-
-
-class Boom:
-    """Raise ENOSPC at the k-th call of `real`, as a full disk would."""
-
-    def __init__(self, real, k):
-        self.real, self.k, self.calls = real, k, 0
-
-    def __call__(self, *a, **kw):
-        self.calls += 1
-        if self.calls == self.k:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return self.real(*a, **kw)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

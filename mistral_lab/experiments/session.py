@@ -30,6 +30,7 @@ from IPython.display import Markdown, display
 
 from ..checkpoints import CheckpointError, load, load_tokenizer
 from ..checkpoints.layouts import previous
+from ..checkpoints.loading import locate
 from ..checkpoints.tokenizers import tokenizer_file
 from ..config import ModelArgs, available_memory
 from ..data.assets import default_model_path
@@ -131,12 +132,16 @@ def open_model(model=None, device: str = "auto", dtype="auto") -> Lab:
     dev = _device(device)
     dt = _dtype(dtype, dev)
     path = Path(model).expanduser() if model else default_model_path()
-    if path.is_dir() and any(path.glob("*.json")) and tokenizer_file(previous(path)) is None:  # a notebook has no tokenizer parameter
-        raise NotebookError(f"{shown_path(path)} has no tokenizer.model: copy the tokenizer the model was trained with "
-                            f"into that folder (Mistral 7B v0.1 and its fine-tunes: {Tokenizer.mistral_v1().model_file})")
     try:
+        folder, _ = locate(path)  # a checkpoint at all, before its tokenizer and its weights are read
+        if tokenizer_file(previous(folder)) is None:  # a notebook has no tokenizer parameter: say what to do
+            raise NotebookError(f"{shown_path(folder)} has no tokenizer.model: copy the tokenizer the model was trained "
+                                f"with into that folder (Mistral 7B v0.1 and its fine-tunes: "
+                                f"{Tokenizer.mistral_v1().model_file})")
         net = load(path, dtype=dt, device=dev)
         tok = load_tokenizer(path)
+    except NotebookError:
+        raise
     except (CheckpointError, FileNotFoundError, ValueError, OSError) as e:
         raise NotebookError(str(e).splitlines()[0]) from None
     shipped = path.resolve() == default_model_path().resolve()

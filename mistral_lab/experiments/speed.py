@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from ..generate import prefill, synchronize
 from ..masks import visible_pairs
 from ..model import Transformer
 
@@ -29,14 +30,11 @@ def full_attention_copy(model) -> Transformer:
     return full.eval()
 
 
-@torch.inference_mode()
 def _prefill_seconds(model, ids: torch.Tensor, chunk: int) -> float:
     cache = model.new_cache()
     t0 = time.perf_counter()
-    for i in range(0, ids.shape[1], chunk):
-        model(ids[:, i:i + chunk], cache, last_only=True)
-    if ids.is_cuda:
-        torch.cuda.synchronize()
+    prefill(model, ids, cache, chunk_size=chunk)
+    synchronize(ids.device)
     return time.perf_counter() - t0
 
 
