@@ -68,7 +68,7 @@ def _readme_claims() -> dict[str, str]:
                                  f"{seven['torch']['peak_gib']:.1f} GiB",
         "training on the CPU": f"{cpu_train['wall_s']:,.0f} s on the 2-core CPU",
         "threads busy": f"({sweep[True, 1]:.0f} tok/s beside a busy process, where torch's default two threads fall to "
-                        f"{sweep[True, 2]:.0f}; idle, two threads would gain {sweep[False, 2] / sweep[False, 1]:.1f}x)",
+                        f"{sweep[True, 2]:.0f}; idle, two threads give {sweep[False, 2] / sweep[False, 1]:.1f}x the rate of one)",
         "cpu_decode fp32": f"fast step fp32 **{d['mistral_lab_fast']['tokens_per_s']:.0f} tok/s** vs transformers fp32 "
                            f"{d['transformers_fp32']['tokens_per_s']:.0f} ({s['fast_fp32 / transformers_fp32 (same precision)']:.2f}x",
         "cpu_decode fp16": f"{d['mistral_lab_fast_fp16']['tokens_per_s']:.0f} tok/s vs transformers' default load of this "
