@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from .masks import check_window
+
 # No single size of a model this code runs comes near 2**24 (the 7B's largest is 32000):
 # anything beyond is a typo, and refusing it here keeps products of sizes within int64.
 MAX_SIZE = 1 << 24
@@ -46,11 +48,9 @@ class ModelArgs:
             if value > MAX_SIZE:
                 raise ValueError(f"ModelArgs.{name} = {value} is beyond any model this code can hold (max {MAX_SIZE})")
         w = self.sliding_window
-        if w is not None and (type(w) is not int or w <= 0):
-            raise ValueError(
-                f"ModelArgs.sliding_window must be a positive integer (keys per query, self included) "
-                f"or None for full attention, got {w!r}"
-            )
+        check_window(w, "ModelArgs.sliding_window")
+        if w is not None and type(w) is not int:  # a numpy integer would not survive json.dump
+            raise ValueError(f"ModelArgs.sliding_window must be a Python int, got {type(w).__name__}")
         for name in ("norm_eps", "rope_theta"):
             value = getattr(self, name)
             if type(value) not in (int, float) or not math.isfinite(value) or value <= 0:
@@ -179,7 +179,13 @@ def check_cache_fits(args: ModelArgs, batch_size: int, capacity: int, dtype, dev
     element = torch.tensor([], dtype=dtype).element_size()
     need = batch_size * capacity * (args.kv_bytes_per_token(element) + 8 * args.n_layers)
     window = args.sliding_window
-    fix = (f"use a smaller window (W = {window})" if window is not None and capacity == window
-           else "generate fewer tokens, use a smaller batch, or a model with a window")
+    one = need // batch_size  # what a single sequence needs: is the batch or the window too big?
+    free = available_memory(device or "cpu")
+    if batch_size > 1 and free is not None and one <= free:
+        fix = f"use a smaller batch (at most {free // one:,} sequences of this cache fit)"
+    elif window is not None and capacity == window:
+        fix = f"use a smaller window (W = {window})"
+    else:
+        fix = "generate fewer tokens, use a smaller batch, or a model with a window"
     check_bytes(need, f"a KV cache of {capacity:,} slots x {batch_size:,} sequence{'s' if batch_size > 1 else ''}",
                 device or "cpu", fix=fix)

@@ -14,7 +14,22 @@ old), 6 is not (the future).
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
+
+
+def check_window(window, what: str = "window W") -> None:
+    """A window is a positive integer (keys per query, self included) or None (full attention).
+    A float or negative W would give a mask that looks plausible and is wrong: refuse it."""
+    if window is not None and (not isinstance(window, numbers.Integral) or isinstance(window, bool) or window <= 0):
+        raise ValueError(f"{what} must be a positive integer (keys per query, self included) "
+                         f"or None for full attention, got {window!r}")
+
+
+def _check_count(n, what: str) -> None:
+    if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"{what} must be a whole number >= 0, got {n!r}")
 
 
 def visible(q_pos, kv_pos, window: int | None):
@@ -33,6 +48,8 @@ def visible(q_pos, kv_pos, window: int | None):
 
 def window_mask(n: int, window: int | None, device=None) -> torch.Tensor:
     """(n, n) boolean mask for a sequence at positions 0..n-1: row = query, column = key."""
+    _check_count(n, "the sequence length n")
+    check_window(window)
     pos = torch.arange(n, device=device)
     return visible(pos[:, None], pos[None, :], window)
 
@@ -46,12 +63,14 @@ def mask_for(q_pos: torch.Tensor, kv_pos: torch.Tensor, window: int | None) -> t
 
 def paper_window_mask(n: int, window: int, device=None) -> torch.Tensor:
     """The W + 1 reading ([p - W, p]), only to show the difference side by side."""
+    check_window(window)
     return window_mask(n, window + 1, device)
 
 
 def keys_per_query(position, window: int | None):
     """How many keys a query at `position` sees: min(p + 1, W), or p + 1 without a window
     (itself and everything before it that the window keeps). Ints or integer tensors."""
+    check_window(window)
     if window is None:
         return position + 1
     if isinstance(position, torch.Tensor):
@@ -66,12 +85,18 @@ def oldest_visible(position, window: int | None):
 
 def receptive_field(n_layers: int, window: int) -> int:
     """How many positions back the last layer's output can depend on: n_layers * (W - 1)."""
+    _check_count(n_layers, "the number of layers")
+    check_window(window)
+    if window is None:
+        raise ValueError("receptive_field needs a window W: without one every layer sees the whole past")
     return n_layers * (window - 1)
 
 
 def visible_pairs(n: int, window: int | None) -> int:
     """(query, key) pairs of a length-n sequence that `visible` allows: the sum over p of
     keys_per_query(p, W) -- n(n+1)/2 causal, about n * W with a window. The work of attention."""
+    _check_count(n, "the sequence length n")
+    check_window(window)
     if window is None or window >= n:
         return n * (n + 1) // 2
     return window * (window + 1) // 2 + (n - window) * window

@@ -42,7 +42,8 @@ class Tokenizer:
                 f"tokenizer model file not found: {path}; pass the path to a sentencepiece "
                 f".model file, or use Tokenizer.mistral_v1() for Mistral 7B v0.1's tokenizer")
         if not path.is_file():
-            raise ValueError(f"{path} is a directory, not a sentencepiece .model file")
+            kind = "a directory" if path.is_dir() else "not a regular file (a pipe, socket or device)"
+            raise ValueError(f"{path} is {kind}: pass a sentencepiece .model file")
         try:
             self.sp = spm.SentencePieceProcessor(model_file=str(path))
         except (RuntimeError, OSError) as e:  # sentencepiece reports a bad file as RuntimeError
@@ -76,6 +77,14 @@ class Tokenizer:
         """Text -> ids. BOS is on by default: the model was trained with it on every sequence."""
         if not isinstance(text, str):
             raise TypeError(f"encode() takes a str, got {type(text).__name__}; decode ids with decode()")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:  # lone surrogates: bytes that were not UTF-8 (a Latin-1 argv, a file)
+            c = text[e.start]
+            what = (f"came from the byte {c.encode('utf-8', 'surrogateescape')!r}" if "\udc80" <= c <= "\udcff"
+                    else f"is a lone surrogate U+{ord(c):04X}")
+            raise ValueError(f"the text is not valid UTF-8: character {e.start} {what}; re-encode the "
+                             f"text as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
         return [self.bos_id] * bos + self.sp.encode(text) + [self.eos_id] * eos
 
     def _check(self, ids) -> list[int]:

@@ -71,7 +71,11 @@ def sequences(tokens, device) -> tuple[list[torch.Tensor], bool]:
 
 
 def _ids(x, device) -> torch.Tensor:
-    return torch.tensor(id_list(x), dtype=torch.long, device=device)
+    ids = id_list(x)
+    huge = next((i for i in ids if not -2**63 <= i < 2**63), None)  # torch.long would raise "Overflow..."
+    if huge is not None:
+        raise ValueError(f"token id {huge} is outside the vocabulary: check the tokenizer matches the model")
+    return torch.tensor(ids, dtype=torch.long, device=device)
 
 
 def pad(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

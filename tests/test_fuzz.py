@@ -124,3 +124,87 @@ def test_any_text_encodes_to_ids_the_model_accepts(checkpoint, text):
     tok = load_tokenizer(checkpoint)
     ids = tok.encode(text)
     assert all(0 <= i < tok.vocab_size for i in ids) and tok.decode(ids) == text
+
+
+# The tokenizer, trace and viz entry points: odd values work or fail in one line, and a value
+# that works was taken as given (an id, a layer, a window is never cast or clamped).
+IDS = st.one_of(st.integers(-2**64, 2**64), st.integers(0, 4200), ODD, st.characters())
+ID_LISTS = st.one_of(st.lists(IDS, max_size=5), ODD, st.text(max_size=5))
+
+
+@FAST
+@given(ID_LISTS, st.text(max_size=12))  # st.text() includes lone surrogates: bytes that were not UTF-8
+def test_the_tokenizer_takes_ids_and_text_or_fails_in_one_line(checkpoint, ids, text):
+    from mistral_lab.checkpoints import load_tokenizer
+    from mistral_lab.tokenizer import StreamDecoder
+
+    tok = load_tokenizer(checkpoint)
+    for call in (lambda: tok.decode(ids), lambda: tok.pieces(ids), lambda: StreamDecoder(tok, ids),
+                 lambda: tok.id_to_piece(ids), lambda: tok.encode(text)):
+        try:
+            call()
+        except (ValueError, TypeError) as e:
+            assert one_line(e), e
+    if isinstance(ids, list) and ids and all(type(i) is int and 0 <= i < tok.vocab_size for i in ids):
+        assert tok.pieces(ids) == [tok.sp.id_to_piece(i) for i in ids]  # valid ids: taken as they are
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return ml.load(), ml.load_tokenizer()
+
+
+@FAST
+@given(st.one_of(st.lists(ODD, max_size=3), ODD), st.one_of(st.lists(ODD, max_size=3), ODD))
+def test_trace_records_the_layers_and_heads_asked_for_or_fails_in_one_line(shipped, layers, heads):
+    from mistral_lab import trace
+
+    model, _ = shipped
+    try:
+        with trace.record(layers=layers, heads=heads, probs=True) as t:
+            ml.generate(model, [1, 529, 30], 1)
+    except (ValueError, TypeError) as e:
+        assert one_line(e), e
+        return
+    asked = range(model.args.n_layers) if layers is None else layers
+    assert {c.layer for c in t.attention} == set(asked), layers
+    kept = model.args.n_heads if heads is None else len(heads)
+    assert all(c.probs.shape[1] == kept for c in t.attention), heads
+
+
+@FAST
+@given(ODD, ODD, ODD)
+def test_mask_and_window_functions_take_the_values_given_or_fail_in_one_line(n, window, layers):
+    from mistral_lab.viz import masks as vm
+
+    for call, check in [(lambda: ml.window_mask(n, window), lambda m: m.shape == (n, n)),
+                        (lambda: ml.visible_pairs(n, window), lambda v: v == int(ml.window_mask(n, window).sum())),
+                        (lambda: ml.receptive_field(layers, window), lambda v: v == layers * (window - 1)),
+                        (lambda: vm.masks_figure(n, window), lambda fig: len(fig.data) >= 2)]:
+        try:
+            value = call()
+        except (ValueError, TypeError) as e:
+            assert one_line(e), e
+            continue
+        assert check(value), (n, window, layers)
+
+
+@pytest.fixture(scope="module")
+def bands(shipped):
+    from mistral_lab.experiments.attention import attention_bands
+
+    model, tok = shipped
+    return attention_bands(model, tok.encode("ROMEO: hi"), layers=[0, 1], heads=[0, 3])
+
+
+@FAST
+@given(ODD, ODD)
+def test_attention_figures_take_the_layer_and_head_given_or_fail_in_one_line(bands, layer, head):
+    from mistral_lab.viz.attention import attention_figure
+
+    try:
+        fig = attention_figure(bands, layer, head)
+    except (ValueError, TypeError) as e:
+        assert one_line(e), e
+        return
+    assert layer in (0, 1) and head in (0, 3) and f"layer {layer}, head {head}" in fig.layout.title.text

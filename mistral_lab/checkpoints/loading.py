@@ -129,6 +129,9 @@ def _check_manifest(folder: Path, config_file: Path, config: dict) -> None:
     if not isinstance(manifest, dict):
         raise CheckpointError(f"{config_file} lacks its 'files' list: an incomplete save; re-save the model")
     for name, entry in manifest.items():
+        if not isinstance(entry, dict) or Path(name).name != name or name in ("", ".", ".."):
+            raise CheckpointError(f"{config_file}: its 'files' entry {name!r}: {entry!r} is not a file name "
+                                  f"with its size (a hand-edited or damaged config?): re-save the model")
         file = folder / name
         if not file.is_file() or file.stat().st_size != entry.get("bytes"):
             raise CheckpointError(f"{file} is missing or not the file {config_file.name} lists "
@@ -156,6 +159,12 @@ def _check(idx: dict, names: dict, expected: dict, layout: Layout, where: Path, 
         if shape != expected[ours]:
             raise CheckpointError(f"{where}: tensor {raw} has shape {list(shape)}, expected "
                                   f"{list(expected[ours])} from {config}: the config and the weights disagree")
+        if (dtype.startswith("F8") if isinstance(dtype, str)  # safetensors' names, torch's (.pth)
+                else dtype.is_floating_point and dtype.itemsize == 1):
+            shown = str(dtype).removeprefix("torch.")
+            raise CheckpointError(f"{where}: tensor {raw} is stored as {shown}, an 8-bit float (a quantized "
+                                  f"checkpoint): this loader reads F16, BF16 or F32 weights; load the "
+                                  f"unquantized release, or dequantize and re-save it")
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise CheckpointError(f"{where}: tensor {raw} has dtype {str(dtype).removeprefix('torch.')}, expected "
                                   f"a floating-point type: these are not model weights")

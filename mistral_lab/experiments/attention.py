@@ -43,7 +43,19 @@ class AttentionBands:
 
     def band(self, layer: int, head: int) -> torch.Tensor:
         """(N, width) band of one layer and head, by their ids."""
+        for what, value, ids in (("layer", layer, self.layers), ("head", head, self.heads)):
+            if not (is_id(value) and value in ids):
+                other = f", or compute the bands with {what}s=[{value!r}, ...]" if is_id(value) and value >= 0 else ""
+                raise ValueError(f"{what} {value!r} is not in these bands ({what}s {_ids_text(ids)}): "
+                                 f"pick one of them{other}")
         return self.probs[self.layers.index(layer), self.heads.index(head)]
+
+
+def _ids_text(ids: tuple[int, ...]) -> str:
+    """(0, 1, 2, 3) -> '0..3'; (0, 5) -> '0, 5'."""
+    if len(ids) > 2 and list(ids) == list(range(ids[0], ids[-1] + 1)):
+        return f"{ids[0]}..{ids[-1]}"
+    return ", ".join(map(str, ids))
 
 
 def _band_width(window: int | None, width: int | None, n: int) -> int:

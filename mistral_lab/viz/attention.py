@@ -104,6 +104,7 @@ def attention_explorer(bands: AttentionBands, pieces: list[str] | None = None, l
     only slices the precomputed bands: no model call when a control moves."""
     pos = bands.positions
     first, last = int(pos[0]), int(pos[-1])
+    bands.band(bands.layers[0] if layer is None else layer, bands.heads[0] if head is None else head)  # named error
     lay = widgets.Dropdown(options=list(bands.layers), value=bands.layers[0] if layer is None else layer,
                            description="layer", layout=widgets.Layout(width="150px"))
     hd = widgets.Dropdown(options=[(f"{h} (K/V {h // bands.n_rep})", h) for h in bands.heads],

@@ -11,6 +11,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from ..masks import paper_window_mask, visible_pairs, window_mask
+from ..tokens import is_id
 from .widgets import controls
 
 
@@ -61,6 +62,9 @@ def pair_counts_figure(n_max: int = 512, window: int = 64) -> go.Figure:
 
 def mask_explorer(n: int = 24, window: int = 6):
     """Sliders for n and W redrawing masks_figure."""
+    for what, value, lo, hi in (("n", n, 2, 64), ("window", window, 1, 32)):  # a slider would clamp it silently
+        if not (is_id(value) and lo <= value <= hi):
+            raise ValueError(f"{what} must be an integer in {lo}..{hi} (the slider's range), got {value!r}")
     n_slider = widgets.IntSlider(value=n, min=2, max=64, description="n tokens", continuous_update=False)
     w_slider = widgets.IntSlider(value=window, min=1, max=32, description="window W", continuous_update=False)
     return controls(masks_figure, n=n_slider, window=w_slider)

@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 
 from ..cache import cache_bytes
 from ..config import ModelArgs
+from ..tokens import is_id
 from .axes import log_axis
 from .widgets import controls
 
@@ -20,6 +21,8 @@ GIB = 2**30
 def bytes_vs_tokens_figure(args: ModelArgs, max_tokens: int = 32768, window: int | None = None,
                            bytes_per_element: int = 2, points: int = 257) -> go.Figure:
     """Cache size (GiB) against tokens seen, full vs rolling, from ml.cache_bytes."""
+    if not (is_id(max_tokens) and max_tokens > 0):
+        raise ValueError(f"max_tokens must be a positive number of tokens, got {max_tokens!r}")
     if window is not None:
         args = args.replace(sliding_window=window)
     xs = [round(i * max_tokens / (points - 1)) for i in range(points)]

@@ -13,6 +13,7 @@ import torch
 
 from ..experiments.prefill import cache_before_chunk
 from ..masks import mask_for
+from ..tokens import id_list, is_id
 from . import escape_label
 from .axes import LABEL_SIZE, log_axis
 from .widgets import controls
@@ -60,7 +61,16 @@ def chunk_figure(pieces: list[str], cache_positions: list[int], start: int, leng
 def chunk_explorer(model, ids: list[int], pieces: list[str], chunk: int = 32, index: int = 3):
     """Sliders for chunk size and chunk index redrawing chunk_figure from a real cache."""
     W = model.args.sliding_window
-    size = widgets.IntSlider(value=chunk, min=1, max=2 * (W or chunk), description="chunk size", continuous_update=False)
+    ids = id_list(ids)
+    if not ids:
+        raise ValueError("chunk_explorer needs at least one token id")
+    top = 2 * (W or chunk)
+    if not (is_id(chunk) and 1 <= chunk <= top):
+        raise ValueError(f"chunk must be a chunk size in 1..{top} (up to 2W), got {chunk!r}")
+    if not (is_id(index) and index >= 0):
+        raise ValueError(f"index must be a chunk index >= 0, got {index!r}")
+    index = min(index, (len(ids) - 1) // chunk)  # the last chunk when the text is shorter
+    size = widgets.IntSlider(value=chunk, min=1, max=top, description="chunk size", continuous_update=False)
     idx = widgets.IntSlider(value=index, min=0, max=(len(ids) - 1) // chunk, description="chunk index",
                             continuous_update=False)
 

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 import torch
 
 from ..experiments.influence import reach
-from ..masks import receptive_field
+from ..masks import check_window, receptive_field
 
 
 def influence_figure(infl: torch.Tensor, position: int, window: int, title: str | None = None) -> go.Figure:
@@ -48,6 +48,7 @@ def reach_figure(infl: torch.Tensor, position: int, window: int) -> go.Figure:
 def theory_rows(n_layers: int, window: int) -> list[tuple[str, int]]:
     """The two readings of the paper's k x W for a model: (label, tokens). The paper's
     reading is this project's receptive field with W + 1 keys per query."""
+    check_window(window)
     return [(f"paper: {n_layers} × {window} (W + 1 keys per query)", receptive_field(n_layers, window + 1)),
             (f"this project: {n_layers} × ({window} − 1) (W keys, self included)", receptive_field(n_layers, window))]
 
