@@ -10,10 +10,15 @@ The top level is the paper (config, masks, ops, cache, backends, model, generate
 sampling, trace, tokenizer); the lab is in subpackages (engines, checkpoints, data,
 experiments, training, bench, viz, exercises). docs/ARCHITECTURE.md draws the layers.
 """
+# Ctrl-C during the imports below ends `python -m mistral_lab` in one line (interrupt.py).
+from .interrupt import quiet_while_importing as _quiet_while_importing
+
+_quiet_while_importing()
+
 # Triton settles between compiling and interpreting when it is first imported (torch may
 # import it as a side effect, e.g. while loading weights): decide now. kernels/__init__.py
 # is light: it imports neither Triton nor a kernel.
-from .kernels import use_interpreter_if_no_gpu as _use_interpreter_if_no_gpu
+from .kernels import use_interpreter_if_no_gpu as _use_interpreter_if_no_gpu  # noqa: E402
 
 _use_interpreter_if_no_gpu()
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from . import files, threads
+from . import files, interrupt, threads
 from .backends import BACKENDS
 from .bench import classroom, cpu_decode, kernels, perplexity_memory, serve, throughput
 from .bench import thread_policy
@@ -90,7 +90,12 @@ def _command(argv) -> str:
 
 def _write(args, name: str, body: dict) -> None:
     if args.out:
-        files.write_result(args.out, name, body, command=_command(args.argv))
+        doc = files.result(name, body, command=_command(args.argv))
+        try:
+            files.atomic_write_json(args.out, doc)
+        except OSError as e:  # a full disk after minutes of work: the result is kept on stdout
+            print(json.dumps(doc, indent=2))
+            raise OSError(f"{_one_line(e)}; the result is printed above as JSON: save it from there") from None
         print(f"wrote {args.out}", file=sys.stderr)
 
 
@@ -211,7 +216,7 @@ def cmd_bench(args) -> None:
     what = args.what
     with threads.limited(args.threads, kind="all"):  # the default: every usable CPU, as torch's own
         if what == "cpu-decode":
-            report = cpu_decode.measure(args.model, args.tokens or 200, args.repeats)
+            report = cpu_decode.measure(args.model, args.tokens or 200, args.repeats, tokenizer=args.tokenizer)
         elif what == "throughput":
             report = throughput.measure()
         elif what == "serve":
@@ -361,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "perplexity-memory; GPU: serve, attention, decode")
     b.add_argument("what", choices=["cpu-decode", "throughput", "classroom", "threads", "perplexity-memory",
                                     "serve", "attention", "decode"])
-    b.add_argument("--model", default=None)
+    b.add_argument("--model", default=None, help="cpu-decode: the checkpoint (default: the shipped model)")
+    b.add_argument("--tokenizer", default=None, help="cpu-decode: tokenizer.model to use (default: the checkpoint's own)")
     b.add_argument("--out", default=None, help="write results as JSON here")
     b.add_argument("--tokens", type=_positive, default=None,
                    help="new tokens per run (cpu-decode: default 200; classroom: 256)")
@@ -379,7 +385,30 @@ USER_ERRORS = (UsageError, ValueError, OSError, ImportError, ArithmeticError, Me
                torch.OutOfMemoryError)
 
 
+def _join_negative_numbers(argv: list[str]) -> list[str]:
+    """`--lr -1e-3` -> `--lr=-1e-3`. argparse reads '-1e-3' as an option (its test for a negative
+    number knows no exponent) and says "expected one argument"; joined, the option's own check
+    judges the value (a negative learning rate gets its real error)."""
+    out = []
+    for a in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and a.startswith("-") and _is_number(a):
+            out[-1] = f"{out[-1]}={a}"
+        else:
+            out.append(a)
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def main(argv=None) -> int:
+    interrupt.restore()  # Ctrl-C raises KeyboardInterrupt again: a stopped run saves first
+    argv = _join_negative_numbers(sys.argv[1:] if argv is None else list(argv))
     args = build_parser().parse_args(argv)
     args.argv = argv
     debug = args.debug or os.environ.get("MISTRAL_LAB_DEBUG", "") not in ("", "0")

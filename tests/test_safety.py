@@ -267,10 +267,20 @@ def test_kill_train_at_random_moments_then_resume(tmp_path, data_dir):
 def test_out_refusals_and_overwrite(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "train_log.jsonl").write_text("")
+    # A run that stopped before its first checkpoint: each message points at the way out, not at the other.
+    with pytest.raises(FileExistsError, match=r"stopped before its first checkpoint \(nothing to resume\): "
+                                              r"pass --overwrite to start it again"):
+        runs.prepare_out(tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match=r"checkpoint\.pt does not exist: the run .* stopped before its "
+                                                r"first checkpoint.*--overwrite"):
+        runs.prepare_out(tmp_path / "run", resume=True)
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"")
     with pytest.raises(FileExistsError, match=r"holds a training run: continue it with --resume"):
         runs.prepare_out(tmp_path / "run")
+    (tmp_path / "run" / "checkpoint.pt").unlink()
+    (tmp_path / "empty_run").mkdir()
     with pytest.raises(FileNotFoundError, match=r"checkpoint\.pt does not exist: there is no run to resume"):
-        runs.prepare_out(tmp_path / "run", resume=True)
+        runs.prepare_out(tmp_path / "empty_run", resume=True)
     with pytest.raises(ValueError, match="choose one"):
         runs.prepare_out(tmp_path / "run", resume=True, overwrite=True)
     runs.prepare_out(tmp_path / "run", overwrite=True)

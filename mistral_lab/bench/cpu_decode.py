@@ -17,7 +17,8 @@ from ..data.assets import default_model_path, fingerprint
 from ..generate import generate
 
 
-def cpu_decode(model_path=None, new_tokens: int = 200, repeats: int = 5, prompt: str = "ROMEO.") -> dict:
+def cpu_decode(model_path=None, new_tokens: int = 200, repeats: int = 5, prompt: str = "ROMEO.",
+               tokenizer=None) -> dict:
     """Greedy decode of `new_tokens` after a short prompt: ours against HF generate on the
     same weights, in the same process, round-robin (each repeat runs every contender once,
     so drifts of a shared machine hit all alike); each figure is the median over repeats
@@ -32,7 +33,7 @@ def cpu_decode(model_path=None, new_tokens: int = 200, repeats: int = 5, prompt:
     from transformers import MistralForCausalLM  # lazy: transformers is a test/bench-only dependency
 
     model = load(model_path)
-    tok = load_tokenizer(model_path)
+    tok = load_tokenizer(model_path, tokenizer=tokenizer)
     ids = tok.encode(prompt)
     with tempfile.TemporaryDirectory() as tmp:
         save_hf(load(model_path, dtype=torch.float16), tmp)
@@ -113,9 +114,9 @@ def slice_check() -> dict:
             "weights": {"model": fingerprint("model")}}
 
 
-def measure(model_path=None, new_tokens: int = 200, repeats: int = 5) -> dict:
+def measure(model_path=None, new_tokens: int = 200, repeats: int = 5, tokenizer=None) -> dict:
     """`python -m mistral_lab bench cpu-decode`: cpu_decode(), printed."""
-    report = cpu_decode(model_path, new_tokens, repeats)
+    report = cpu_decode(model_path, new_tokens, repeats, tokenizer=tokenizer)
     print(f"decode, {report['model']['params'] / 1e6:.1f}M parameters, {report['threads']} threads")
     for name, res in report["results"].items():
         print(f"  {name:24} {res['tokens_per_s']:8.1f} tokens/s")

@@ -69,15 +69,18 @@ def prepare_out(out_dir: Path, *, resume: bool = False, overwrite: bool = False)
         return
     files.check_writable(out_dir / "train_log.jsonl") if out_dir.is_dir() else _check_parent(out_dir)
     held = sorted(p.name for p in out_dir.iterdir()) if out_dir.is_dir() else []
-    if not held:
+    if not held or held == ["data"]:  # new, empty, or the corpus of an attempt that stopped before its run began
         return
     if not overwrite:
-        run = "checkpoint.pt" in held or "train_log.jsonl" in held
         shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
-        raise FileExistsError(
-            f"{out_dir} {'holds a training run' if run else f'is not empty ({shown})'}: "
-            f"{'continue it with --resume, ' if run else ''}train into a new folder, or pass --overwrite to replace "
-            f"{'it' if run else 'the files of a run there'}")
+        if "checkpoint.pt" in held:
+            raise FileExistsError(f"{out_dir} holds a training run: continue it with --resume, train into a new "
+                                  f"folder, or pass --overwrite to replace it")
+        if "train_log.jsonl" in held:  # no checkpoint: --resume has nothing to continue from
+            raise FileExistsError(f"{out_dir} holds a training run that stopped before its first checkpoint "
+                                  f"(nothing to resume): pass --overwrite to start it again, or train into a new folder")
+        raise FileExistsError(f"{out_dir} is not empty ({shown}): train into a new folder, or pass --overwrite "
+                              f"to replace the files of a run there")
     other = foreign(out_dir)
     if other:
         shown = ", ".join(other[:4]) + (", ..." if len(other) > 4 else "")

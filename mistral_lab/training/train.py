@@ -245,8 +245,10 @@ def write_checkpoint(out_dir: Path, args: ModelArgs, cfg: TrainConfig, step: int
 def read_checkpoint(out_dir: Path) -> dict:
     file = Path(out_dir) / "checkpoint.pt"
     if not file.is_file():
-        raise FileNotFoundError(f"{file} does not exist: there is no run to resume in {out_dir} "
-                                f"(start one with --out {out_dir})")
+        raise FileNotFoundError(f"{file} does not exist: " + (  # a log without it: stopped before its first
+            f"the run in {out_dir} stopped before its first checkpoint, so there is nothing to resume; start it "
+            f"again with --out {out_dir} --overwrite" if (Path(out_dir) / "train_log.jsonl").is_file() else
+            f"there is no run to resume in {out_dir} (start one with --out {out_dir})"))
     try:
         ckpt = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # zip, pickle and EOF errors all mean the same thing here
