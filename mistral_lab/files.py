@@ -18,10 +18,12 @@ And the one schema of every committed result (benchmarks/*.json):
 from __future__ import annotations
 
 import datetime
+import errno
 import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -56,14 +58,29 @@ def atomic_write(path, write: Callable[[object], None], *, binary: bool = True) 
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full(path, e) from None
         raise
     fsync_dir(folder)
     return path
+
+
+def disk_full(path: Path, e: OSError) -> OSError:
+    """ENOSPC/EDQUOT as one line that names the file, the folder and the space left
+    (the system's own text, "[Errno 28] No space left on device", names none of them)."""
+    try:
+        free = f"{shutil.disk_usage(path.parent or '.').free / 1e6:,.1f} MB free there"
+    except OSError:
+        free = "its free space unknown"
+    full = OSError(f"no space left to write {path} ({'quota exceeded' if e.errno == errno.EDQUOT else free}; "
+                   f"nothing was replaced): free some space, or write to another folder")
+    full.errno = e.errno
+    return full
 
 
 def fsync_dir(folder) -> None:

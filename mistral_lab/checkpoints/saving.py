@@ -19,6 +19,7 @@ sha256), so weights from another save are refused too.
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import uuid
@@ -155,8 +156,10 @@ def _stage(target: Path, write) -> Path:
     tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         _files.atomic_write(tmp, write)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):  # name the file, not its temporary
+            raise _files.disk_full(target, e) from None
         raise
     return tmp
 
