@@ -62,7 +62,12 @@ def _readme_claims() -> dict[str, str]:
     log = (ROOT / "benchmarks" / "logs" / "h100_tests_and_tuning.txt").read_text()
     seven = json.loads(next(line for line in log.splitlines() if line.startswith('{"params_b"')))
     cpu_train = json.loads((ROOT / "benchmarks" / "logs" / "cpu_train_info.json").read_text())
+    small, big = sorted(_bench("perplexity_memory")["runs"], key=lambda r: r["file_bytes"])
     return {
+        "perplexity memory": f"scoring {small['file_bytes'] / 1e6:.0f} MB of text peaked at {small['peak_rss_mib']:.0f} "
+                             f"MiB and {big['file_bytes'] / 1e6:.0f} MB ({big['tokens']:,} tokens) at "
+                             f"{big['peak_rss_mib']:.0f} MiB, so ten times the text costs "
+                             f"{100 * (big['peak_rss_mib'] / small['peak_rss_mib'] - 1):.0f}% more memory",
         "7B shapes on the H100": f"triton backend: pre-fill {seven['triton']['prefill_s']:.2f} s, peak "
                                  f"{seven['triton']['peak_gib']:.1f} GiB; torch backend: {seven['torch']['prefill_s']:.2f} s, "
                                  f"{seven['torch']['peak_gib']:.1f} GiB",
