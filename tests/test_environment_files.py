@@ -70,7 +70,7 @@ def test_run_txt_pins_everything_exactly():
 
 
 def test_test_and_train_requirements_build_on_run_txt():
-    for name in ("test.txt", "train.txt"):
+    for name in ("test.txt", "train.txt", "hub.txt"):
         assert "-r run.txt" in _lines(REQ / name), f"requirements/{name} must start from -r run.txt"
     run, test = _pins(REQ / "run.txt"), _pins(REQ / "test.txt")
     assert all(str(test[n]) == str(r) for n, r in run.items()), "test.txt must not re-pin a run.txt package"
