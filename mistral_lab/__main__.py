@@ -24,7 +24,7 @@ import torch
 
 from . import files, interrupt, threads
 from .backends import BACKENDS
-from .bench import classroom, cpu_decode, kernels, perplexity_memory, serve, throughput
+from .bench import classroom, cpu_decode, hub, kernels, perplexity_memory, serve, throughput
 from .bench import thread_policy
 from .cache import cache_bytes
 from .checkpoints import load, load_tokenizer, locate, read_config
@@ -221,6 +221,12 @@ def cmd_bench(args) -> None:
             report = throughput.measure()
         elif what == "serve":
             report = serve.measure()
+        elif what == "classroom" and args.hub:
+            reason = hub.unavailable()
+            if reason:
+                raise UsageError(f"bench classroom --hub: {reason}")
+            report = hub.measure()
+            what = "classroom-hub"
         elif what == "classroom":
             report = classroom.measure(tokens=args.tokens or 256)  # notebook 03's 4W new tokens
         elif what == "threads":
@@ -374,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=_positive, default=5)
     b.add_argument("--mb", type=_positive_float, nargs="+", default=[10.0],
                    help="perplexity-memory: sizes of the generated files in MB (default 10)")
+    b.add_argument("--hub", action="store_true",
+                   help="classroom: on a real JupyterHub, 1, 4 and 8 system users running notebook 03 (root)")
     threads_opt(b, what="CPU threads (default: every usable CPU, as torch's own default)")
     b.set_defaults(func=cmd_bench)
     return p

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = sorted((ROOT / "benchmarks").glob("*.json"))
 # benchmark name -> the function that re-measures its slice
 SLICES = {"context-use": context_use.slice_check, "cpu-decode": cpu_decode.slice_check,
-          "classroom": classroom.slice_check, "perplexity-memory": perplexity_memory.slice_check,
+          "classroom": classroom.slice_check, "classroom-hub": classroom.slice_check, "perplexity-memory": perplexity_memory.slice_check,
           "threads": thread_policy.slice_check, "throughput": throughput.slice_check}
 # Measured before results carried a slice, and not about today's weights or code: each is
 # re-measured with the final shipped weights, then leaves this list.
