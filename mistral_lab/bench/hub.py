@@ -229,8 +229,12 @@ class Class:
             except subprocess.TimeoutExpired:
                 os.killpg(self.hub.pid, 9)
                 self.hub.wait()
-        time.sleep(1)
-        return {**processes(self.uids()), **processes(text=f"--api-port {self.port + 2}")}
+        deadline = time.monotonic() + 20  # kernels exit a moment after their server: wait for them
+        while True:
+            left = {**processes(self.uids()), **processes(text=f"--api-port {self.port + 2}")}
+            if not left or time.monotonic() > deadline:
+                return left
+            time.sleep(0.5)
 
     def __exit__(self, *exc) -> None:
         left = self.stop_hub()
