@@ -186,3 +186,32 @@ def test_teaching_time_per_notebook_is_the_committed_run():
         row = f"| {r['notebook'].removesuffix('.ipynb')} | {r['seconds']:.1f} | {r['kernel_peak_rss_mib']} |"
         assert row in TEACHING, f"TEACHING's time table is not benchmarks/logs/cpu_notebooks.json's: {row}"
     assert f"All ten in {sum(r['seconds'] for r in d['rows']):.0f} s" in TEACHING
+
+
+def hub_text(d: dict) -> dict[str, str]:
+    """TEACHING's hub section, rendered from benchmarks/classroom_hub.json."""
+    c = {r["users"]: r for r in d["classes"]}
+    rows = ["| students | notebook 03: median / slowest s | slowest / median | servers ready s | "
+            "peak MiB: kernel / server |", "|---|---|---|---|---|"]
+    for n, r in sorted(c.items()):
+        rows.append(f"| {n} | {r['notebook_03_s']['median']:.1f} / {r['notebook_03_s']['slowest']:.1f} | "
+                    f"{r['slowest_over_median']:.2f} | {r['servers_ready_s']:.0f} | "
+                    f"{r['peak_kernel_mib_max']:.0f} / {r['peak_server_mib_max']:.0f} |")
+    one, four, eight = c[1], c[4], c[8]
+    cores = d["environment"]["cpu_count"]
+    return {"HUB_TABLE": "\n".join(rows),
+            "HUB_ONE": f"{one['notebook_03_s']['median']:.1f}", "HUB_FOUR": f"{four['notebook_03_s']['median']:.1f}",
+            "HUB_EIGHT": f"{eight['notebook_03_s']['median']:.1f}",
+            "HUB_FAIR": f"{max(r['slowest_over_median'] for r in c.values()):.2f}x",
+            "HUB_PER_CORE": f"{cores} x {eight['notebook_03_s']['median']:.1f} / 8 = "
+                            f"{cores * eight['notebook_03_s']['median'] / 8:.1f} s of a core against "
+                            f"{one['notebook_03_s']['median']:.1f} s alone",
+            "HUB_READY": f"Starting 8 servers at once takes {eight['servers_ready_s']:.0f} s",
+            "HUB_SERVER": f"{max(r['peak_server_mib_max'] for r in c.values()):.0f}",
+            "HUB_KERNEL": f"{max(r['peak_kernel_mib_max'] for r in c.values()):.0f}"}
+
+
+def test_teaching_hub_numbers_are_the_committed_run():
+    prose = " ".join(TEACHING.split())  # a sentence may wrap anywhere; the table is checked line by line
+    for key, text in hub_text(_bench("classroom_hub")).items():
+        assert text in (TEACHING if key == "HUB_TABLE" else prose), f"TEACHING no longer says {text!r} ({key}): re-render it from benchmarks/classroom_hub.json"
