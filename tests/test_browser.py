@@ -7,6 +7,7 @@
    with the keyboard, and the figure beside it must change. Then the notebook is saved, every
    kernel ended, and the notebook reopened: the explorer's figure must be drawn from the
    widget state the save wrote (jupyter/overrides.json), never "model not found".
+3. Slides: notebook 01 opened as slides (jupyterlab-rise): the title slide, then the next.
 
 Needs the PyPI package playwright and Debian's chromium (/usr/bin/chromium); skipped
 otherwise. Playwright's own browser download (`playwright install`) is never used.
@@ -268,3 +269,23 @@ def test_run_then_a_control_redraws_its_figure(lab, browser, name):
     except Exception:
         page.screenshot(path=str(shot.with_name(shot.stem + "_failure.png")))
         raise
+
+
+def test_a_notebook_opens_as_slides(lab, browser):
+    """jupyterlab-rise (requirements/run.txt) shows 01 as slides: the title slide, then the
+    next section's slide, each drawn by reveal.js from the cells' slideshow metadata."""
+    page = browser
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.goto(f"{lab.url}/rise/cold/01_sliding_window_masks.ipynb?token={lab.token}",
+              wait_until="domcontentloaded", timeout=90_000)
+    present = "() => (document.querySelector('.reveal .slides > section.present') || {}).innerText || ''"
+    page.wait_for_function(f"() => ({present})().includes('01 · Sliding-window masks')", timeout=90_000)
+    first = page.evaluate(present)
+    assert "Causal vs sliding window" not in first  # the next section is a slide of its own
+    assert "# parameters" not in first  # the papermill parameters cell is skipped in a lecture
+    page.screenshot(path=str(ARTIFACTS / "browser_slides_01_first.png"))
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function(f"() => ({present})().includes('Causal vs sliding window')", timeout=30_000)
+    page.wait_for_timeout(1500)  # reveal.js slides the new slide in
+    page.screenshot(path=str(ARTIFACTS / "browser_slides_01_second.png"))
+    assert "01 · Sliding-window masks" not in page.evaluate(present)
