@@ -50,8 +50,9 @@ def load(path=None, *, dtype: torch.dtype | None = None, device="cpu", backend: 
         running_args = args.replace(sliding_window=untrained_window)  # validated before the warning
         trained = "full attention" if args.sliding_window is None else f"a window of {args.sliding_window}"
         running = "full attention" if untrained_window is None else f"a window of {untrained_window}"
-        warnings.warn(f"{folder}: weights trained with {trained} run with {running} (untrained_window): "
-                      f"expect worse predictions than the checkpoint's own window gives", stacklevel=2)
+        warnings.warn(f"{files.shown_path(folder)}: weights trained with {trained} run with {running} "
+                      f"(untrained_window): expect worse predictions than the checkpoint's own window gives",
+                      stacklevel=2)  # shown_path: a saved notebook never shows the machine's home folder
         args = running_args
     weight_files = layout.weight_files(folder)
     device = torch.device(device)
