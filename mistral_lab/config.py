@@ -178,10 +178,12 @@ def check_cache_fits(args: ModelArgs, batch_size: int, capacity: int, dtype, dev
     positions) that the memory free on `device` cannot hold, before allocating it."""
     element = torch.tensor([], dtype=dtype).element_size()
     need = batch_size * capacity * (args.kv_bytes_per_token(element) + 8 * args.n_layers)
+    free = available_memory(device or "cpu")
+    if free is None or need <= free:  # the common case: one read of the free memory, no advice to build
+        return
     window = args.sliding_window
     one = need // batch_size  # what a single sequence needs: is the batch or the window too big?
-    free = available_memory(device or "cpu")
-    if batch_size > 1 and free is not None and one <= free:
+    if batch_size > 1 and one <= free:
         fix = f"use a smaller batch (at most {free // one:,} sequences of this cache fit)"
     elif window is not None and capacity == window:
         fix = f"use a smaller window (W = {window})"

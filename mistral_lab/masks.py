@@ -21,8 +21,11 @@ import torch
 
 def check_window(window, what: str = "window W") -> None:
     """A window is a positive integer (keys per query, self included) or None (full attention).
-    A float or negative W would give a mask that looks plausible and is wrong: refuse it."""
-    if window is not None and (not isinstance(window, numbers.Integral) or isinstance(window, bool) or window <= 0):
+    A float or negative W would give a mask that looks plausible and is wrong: refuse it.
+    The common case is tested first: the fast decode step asks keys_per_query per layer per token."""
+    if window is None or (type(window) is int and window > 0):
+        return
+    if not isinstance(window, numbers.Integral) or isinstance(window, bool) or window <= 0:
         raise ValueError(f"{what} must be a positive integer (keys per query, self included) "
                          f"or None for full attention, got {window!r}")
 

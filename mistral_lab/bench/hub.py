@@ -145,7 +145,7 @@ class Class:
         reason = unavailable()
         if reason:
             raise RuntimeError(reason)
-        self.n, self.start_timeout = n, start_timeout
+        self.start_timeout = start_timeout
         tag = secrets.token_hex(3)
         self.work = Path(f"/tmp/mistral-lab-hub-{tag}")
         self.users = [f"mlhub{tag}{i}" for i in range(n)]
