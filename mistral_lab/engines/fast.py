@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
@@ -54,34 +55,56 @@ class LayerWeights(NamedTuple):
     w2: torch.Tensor
 
 
+def _packed(state: Mapping[str, torch.Tensor], n_layers: int, pack) -> dict[str, torch.Tensor]:
+    out = {"output": pack(state["output.weight"])}
+    for i in range(n_layers):
+        def w(name: str, i: int = i) -> torch.Tensor:
+            return state[f"layers.{i}.{name}.weight"]
+        out.update({f"layers.{i}.wqkv": pack(w("attention.wq"), w("attention.wk"), w("attention.wv")),
+                    f"layers.{i}.wo": pack(w("attention.wo")),
+                    f"layers.{i}.w13": pack(w("feed_forward.w1"), w("feed_forward.w3")),
+                    f"layers.{i}.w2": pack(w("feed_forward.w2"))})
+    return out
+
+
+def packed_fp32(state: Mapping[str, torch.Tensor], n_layers: int) -> dict[str, torch.Tensor]:
+    """The fp32 step's matrices by name, from a model's state dict: each layer's Wq|Wk|Wv and
+    W1|W3 concatenated, every matrix transposed to (in, out) and contiguous. A function of
+    the weights alone, so a shared-weights file can hold its result for every process."""
+    return _packed(state, n_layers, lambda *ws: torch.cat(ws, dim=0).float().t().contiguous())
+
+
+def packed_fp16(state: Mapping[str, torch.Tensor], n_layers: int) -> dict[str, torch.Tensor]:
+    """The fp16 step's matrices: the same concatenations, kept (out, in) for F.linear."""
+    return _packed(state, n_layers, lambda *ws: torch.cat(ws, dim=0).half().contiguous())
+
+
 class DecodeStep:
     """step(token, cache) -> logits (1, vocab) fp32, advancing the cache by one position."""
 
-    def __init__(self, model, weights: str = "fp32"):
+    def __init__(self, model, weights: str = "fp32", packed: Mapping[str, torch.Tensor] | None = None):
+        """packed: the fp32 matrices as packed_fp32() makes them (a shared-weights file maps
+        them, so every process reads one copy); packed here when not given."""
         if weights not in WEIGHTS:
             raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+        if packed is not None and weights != "fp32":
+            raise ValueError("packed matrices are the fp32 step's: give weights='fp32' with them")
         a = model.args
         self.args, self.weights = a, weights
         self.fp16 = weights == "fp16"
         self.scale = 1.0 / math.sqrt(a.head_dim)
         self.inv_freq = ops.rope_inv_freq(a.head_dim, a.rope_theta)
         self.n_qk = (a.n_heads + a.n_kv_heads) * a.head_dim  # q and k, rotated together
-        self.layers = []
-        for layer in model.layers:
-            at, ff = layer.attention, layer.feed_forward
-            self.layers.append(LayerWeights(
-                layer.attention_norm.weight.detach().float(), layer.attention_norm.eps,
-                self._pack(at.wq.weight, at.wk.weight, at.wv.weight), self._pack(at.wo.weight),
-                layer.ffn_norm.weight.detach().float(), layer.ffn_norm.eps,
-                self._pack(ff.w1.weight, ff.w3.weight), self._pack(ff.w2.weight),
-            ))
-        self.embedding = model.tok_embeddings.weight.detach().float()
-        self.norm = (model.norm.weight.detach().float(), model.norm.eps)
-        self.output = self._pack(model.output.weight)
-
-    def _pack(self, *weights: torch.Tensor) -> torch.Tensor:
-        w = torch.cat([x.detach() for x in weights], dim=0)  # (out, in)
-        return w.half().contiguous() if self.fp16 else w.float().t().contiguous()
+        state = {k: v.detach() for k, v in model.named_parameters(remove_duplicate=False)}
+        if packed is None:
+            packed = (packed_fp16 if self.fp16 else packed_fp32)(state, a.n_layers)
+        self.layers = [LayerWeights(
+            state[f"layers.{i}.attention_norm.weight"].float(), layer.attention_norm.eps, packed[f"layers.{i}.wqkv"],
+            packed[f"layers.{i}.wo"], state[f"layers.{i}.ffn_norm.weight"].float(), layer.ffn_norm.eps,
+            packed[f"layers.{i}.w13"], packed[f"layers.{i}.w2"]) for i, layer in enumerate(model.layers)]
+        self.embedding = state["tok_embeddings.weight"].float()  # fp32 already: the same tensor, no copy
+        self.norm = (state["norm.weight"].float(), model.norm.eps)
+        self.output = packed["output"]
 
     def _matmul(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """x W, in the matrices' dtype (fp16 products come back in fp16)."""
@@ -149,16 +172,31 @@ class FastStep:
 
 
 _STEPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_ADOPTED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _stamp(model) -> tuple:
+    """Changes when a weight is replaced or written in place (its version counter)."""
+    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+
+
+def adopt(model, packed: Mapping[str, torch.Tensor]) -> None:
+    """Give `model` fp32 packed matrices made elsewhere (a shared-weights file maps them):
+    its fp32 step uses them as long as the model's weights are the ones they came from,
+    and packs its own once a weight is replaced or edited."""
+    _ADOPTED[model] = (_stamp(model), packed)
 
 
 def decode_step(model, weights: str = "fp32") -> DecodeStep:
     """The packed step for `model`, built once and rebuilt when its weights change."""
-    stamp = tuple((p.data_ptr(), p._version) for p in model.parameters())
+    stamp = _stamp(model)
     held = _STEPS.get(model, {})
     if weights not in held or held[weights][0] != stamp:
-        held[weights] = (stamp, DecodeStep(model, weights))
+        adopted = _ADOPTED.get(model)
+        packed = adopted[1] if weights == "fp32" and adopted is not None and adopted[0] == stamp else None
+        held[weights] = (stamp, DecodeStep(model, weights, packed))
         _STEPS[model] = held
     return held[weights][1]
 
 
-__all__ = ["DecodeStep", "FastStep", "LayerWeights", "WEIGHTS", "decode_step"]
+__all__ = ["DecodeStep", "FastStep", "LayerWeights", "WEIGHTS", "adopt", "decode_step", "packed_fp16", "packed_fp32"]
