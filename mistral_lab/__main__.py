@@ -1,5 +1,5 @@
 """Command line: python -m mistral_lab {generate, memory, info, train, passkey, perplexity,
-context-use, bench}. This file only wires argparse to the package; the work is done there.
+context-use, share-weights, bench}. This file only wires argparse to the package; the work is done there.
 
 Errors in what the user gave (a path, a setting, a prompt, a missing package) print one
 line and exit 2; --debug (or MISTRAL_LAB_DEBUG=1) shows the traceback instead. A bug
@@ -27,7 +27,8 @@ from .backends import BACKENDS
 from .bench import classroom, cpu_decode, hub, kernels, perplexity_memory, serve, throughput
 from .bench import thread_policy
 from .cache import cache_bytes
-from .checkpoints import load, load_tokenizer, locate, read_config
+from .checkpoints import load, load_tokenizer, locate, read_config, share
+from .checkpoints.shared import ENV as SHARED_ENV
 from .config import PRESETS, preset
 from .data.assets import asset
 from .engines import ENGINES
@@ -153,6 +154,18 @@ def cmd_info(args) -> None:
     print(f"  {'parameters':<16}{a.n_params():,}")
     field = "unbounded (full attention)" if a.sliding_window is None else receptive_field(a.n_layers, a.sliding_window)
     print(f"  {'receptive field':<16}{field}")
+
+
+def cmd_share_weights(args) -> None:
+    where = args.dir or os.environ.get(SHARED_ENV, "").strip()
+    if not where:
+        raise UsageError(f"say where to keep the shared weights: --dir FOLDER, or set {SHARED_ENV}")
+    try:
+        file = share(args.model, where)
+    except OSError as e:
+        raise UsageError(str(e)) from None
+    print(f"{file} ({file.stat().st_size / 2**20:.1f} MiB): every process that loads "
+          f"{args.model or 'the shipped model'} on the CPU with {SHARED_ENV}={where} maps this one copy")
 
 
 def cmd_train(args) -> None:
@@ -318,6 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--preset", default="mistral-7b-v0.1", choices=presets)
     i.add_argument("--model", default=None)
     i.set_defaults(func=cmd_info)
+
+    w = command("share-weights", help="one copy of a checkpoint's fp32 weights for every process on this machine")
+    w.add_argument("--model", default=None, help="checkpoint directory (default: the shipped model in assets/model)")
+    w.add_argument("--dir", default=None, help=f"the folder to keep it in (default: ${SHARED_ENV})")
+    w.set_defaults(func=cmd_share_weights)
 
     d = TRAIN_DEFAULTS
     t = command("train", help="train a small Mistral-architecture model on Shakespeare")

@@ -14,6 +14,8 @@ initialization, no second copy), so the 7B loads in bf16 on a GPU in ~14.5 GB.
 from __future__ import annotations
 
 import json
+import math
+import os
 import warnings
 from pathlib import Path
 
@@ -23,7 +25,9 @@ from .. import files
 from ..cache import cache_bytes
 from ..config import ModelArgs, check_bytes, check_fits
 from ..data.assets import default_model_path
+from ..engines.fast import adopt
 from ..model import Transformer
+from . import shared as shared_weights
 from .layouts import BY_NAME, OWN, Layout, detect, previous
 from .tensorfiles import CheckpointError, index, safe_open
 
@@ -33,7 +37,7 @@ TRAINED_WINDOW = object()
 
 
 def load(path=None, *, dtype: torch.dtype | None = None, device="cpu", backend: str = "torch",
-         untrained_window=TRAINED_WINDOW) -> Transformer:
+         untrained_window=TRAINED_WINDOW, shared=None) -> Transformer:
     """A Transformer with the weights of the checkpoint at `path` (default: the shipped
     model), in eval mode with requires_grad off. See layouts.py for the layouts.
 
@@ -42,7 +46,15 @@ def load(path=None, *, dtype: torch.dtype | None = None, device="cpu", backend: 
     under another window anyway -- the experiment of notebook 09 (a full-attention model
     through a rolling buffer), and the mistake behind garbage past 4096 tokens when
     Mistral 7B v0.2 weights were served with v0.1's window. It warns, and model.args
-    records the window it runs with."""
+    records the window it runs with.
+
+    shared: a folder where the fp32 weights of a CPU load are kept in one file that every
+    process maps (shared.py): the same numbers, one copy in memory for a whole class.
+    None takes the folder from MISTRAL_LAB_SHARED_WEIGHTS (unset: a private copy, as
+    always); False never shares."""
+    if shared is True or not (shared is None or shared is False or isinstance(shared, (str, os.PathLike))):
+        raise TypeError(f"shared must be a folder (str or Path), None (MISTRAL_LAB_SHARED_WEIGHTS) or False, "
+                        f"got {shared!r}")
     folder, name = locate(path)
     layout = BY_NAME[name]
     config_file, args, tied, config = read_config(folder, name, with_dict=True)
@@ -71,20 +83,44 @@ def load(path=None, *, dtype: torch.dtype | None = None, device="cpu", backend: 
                 device, fix="use a smaller window (untrained_window=, or the config's sliding_window)")
     except (ValueError, MemoryError) as e:
         raise CheckpointError(f"{config_file}: {e}") from None
+    def read() -> dict[str, torch.Tensor]:
+        state = {}
+        for ours, raw in names.items():  # one tensor at a time: a cast never holds two copies of the model
+            t = idx[raw][2]()
+            if not torch.isfinite(t).all():
+                raise CheckpointError(f"{idx[raw][3]}: tensor {raw} holds NaN or infinite values: the checkpoint "
+                                      f"is damaged (or was saved from a diverged run); re-download or re-train it")
+            state[ours] = layout.load_tensor(ours, t.to(device=device, dtype=dtype), args)
+        if tied:  # lm_head shares the embedding matrix
+            state["output.weight"] = state["tok_embeddings.weight"].clone()
+        return state
+
+    where = None
+    if device.type == "cpu" and dtype == torch.float32 and shared is not False:
+        where = Path(shared).expanduser() if shared is not None else shared_weights.folder_from_env(
+            4 * sum(math.prod(shape) for shape in expected.values()))
+    if where is None:
+        state, packed = read(), None
+    else:  # one file every process maps (shared.py)
+        state, packed = shared_weights.load_state(where, folder, [config_file, *weight_files], expected,
+                                                  args.n_layers, read, strict=shared is not None)
     with torch.device("meta"):  # shapes only: the real tensors are assigned below
         model = Transformer(args, backend=backend)
-    state = {}
-    for ours, raw in names.items():  # one tensor at a time: a cast never holds two copies of the model
-        t = idx[raw][2]()
-        if not torch.isfinite(t).all():
-            raise CheckpointError(f"{idx[raw][3]}: tensor {raw} holds NaN or infinite values: the checkpoint "
-                                  f"is damaged (or was saved from a diverged run); re-download or re-train it")
-        state[ours] = layout.load_tensor(ours, t.to(device=device, dtype=dtype), args)
-    if tied:  # lm_head shares the embedding matrix
-        state["output.weight"] = state["tok_embeddings.weight"].clone()
     model.load_state_dict(state, assign=True)
     model.requires_grad_(False)
+    if packed is not None:
+        adopt(model, packed)
     return model.eval()
+
+
+def share(path, where) -> Path:
+    """Write the shared-weights file of the checkpoint at `path` into the folder `where`
+    (or find it there, current); its path. `python -m mistral_lab share-weights` runs this."""
+    folder, name = locate(path)
+    layout = BY_NAME[name]
+    load(path, shared=where)  # named folder: a problem is an error here, not a warning
+    return shared_weights.shared_file(Path(where).expanduser(), folder,
+                                      [folder / layout.config_file, *layout.weight_files(folder)])
 
 
 def _expected(args: ModelArgs) -> dict[str, tuple]:
