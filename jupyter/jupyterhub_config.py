@@ -14,15 +14,23 @@ Settings come from the environment, so the same file serves a class and the test
     MISTRAL_LAB_HUB_STATE       the hub's database, cookie secret and logs (default .hub/)
     MISTRAL_LAB_HUB_API_TOKEN   optional: a token for scripts (create users, start servers)
     MISTRAL_LAB_HUB_PYTHON      the students' interpreter (default .venv/bin/python)
+    MISTRAL_LAB_HUB_WEIGHTS     the one copy of the weights every kernel maps (default
+                                .shared-weights/ in the checkout; readable by every student)
 
 Limits: LocalProcessSpawner cannot enforce CPU or memory limits (JupyterHub honours
 mem_limit/cpu_limit only in spawners that implement them: systemdspawner on one machine,
 KubeSpawner in Zero to JupyterHub; docs/TEACHING.md gives their values). One kernel of
 notebook 03 holds about 0.5 GiB; the thread policy gives each small-model kernel one thread.
+
+One copy of the weights for the class: at start the hub writes the shipped model's fp32
+weights once into MISTRAL_LAB_HUB_WEIGHTS (`python -m mistral_lab share-weights`), and every
+kernel maps that file read-only (MISTRAL_LAB_SHARED_WEIGHTS; mistral_lab/checkpoints/shared.py)
+instead of holding a copy of its own.
 """
 import os
 import pwd
 import shutil
+import subprocess
 from pathlib import Path
 
 c = get_config()  # noqa: F821  (JupyterHub's config loader defines it)
@@ -64,7 +72,8 @@ c.JupyterHub.spawner_class = "localprocess"
 # The interpreter every student's server and kernels run: the checkout's .venv, unless
 # MISTRAL_LAB_HUB_PYTHON names another with the same packages (it must lie where every student
 # can reach it: a .venv made from a Python under /root, mode 0700, is not).
-c.Spawner.cmd = [os.environ.get("MISTRAL_LAB_HUB_PYTHON", str(VENV / "bin" / "python")), "-m", "jupyterhub.singleuser"]
+PYTHON = os.environ.get("MISTRAL_LAB_HUB_PYTHON", str(VENV / "bin" / "python"))
+c.Spawner.cmd = [PYTHON, "-m", "jupyterhub.singleuser"]
 c.Spawner.default_url = "/lab/tree/mistral_lab_notebooks"
 # Idle kernels culled as scripts/lab does (each holds up to 1 GiB; a walk through the notebooks
 # leaves one per notebook): idle 20 minutes, also with a tab open, never while a cell runs.
@@ -99,3 +108,14 @@ def place_notebooks(spawner) -> None:
 
 
 c.Spawner.pre_spawn_hook = place_notebooks
+
+# --- one copy of the weights for the whole class, written once now (a few seconds), as the
+# teacher: the students' kernels only map it (a kernel cannot write here, and would load a
+# private copy with a warning if the file were missing).
+WEIGHTS = Path(os.environ.get("MISTRAL_LAB_HUB_WEIGHTS", REPO / ".shared-weights")).resolve()
+shared = subprocess.run([PYTHON, "-m", "mistral_lab", "share-weights", "--dir", str(WEIGHTS)],
+                        cwd=REPO, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+print("[mistral_lab] " + (shared.stdout.strip() if shared.returncode == 0 else  # the hub's log says which
+                          f"no shared weights, each kernel loads its own copy: {shared.stderr.strip()[-300:]}"),
+      flush=True)
+c.Spawner.environment["MISTRAL_LAB_SHARED_WEIGHTS"] = str(WEIGHTS)

@@ -5,7 +5,8 @@ through the proxy a kernel is started in each student's own server and notebook 
 generation on the shipped model) runs in all four at once, over the kernel's websocket as
 JupyterLab runs it. One student's copy has a broken cell: that student sees the error, the
 others finish with the same checked facts. Students cannot read or write each other's
-files. Stopping the hub leaves no process behind.
+files. Every kernel maps the one copy of the weights the hub wrote. Stopping the hub leaves
+no process behind.
 
 Needs root (system users, setuid spawning), JupyterHub and the proxy from npm (scripts/setup
 test installs both); skipped otherwise, saying which. Loopback only; bounded in time.
@@ -50,6 +51,9 @@ def test_four_students_run_notebook_03_at_once_each_in_their_own_kernel(klass):
     assert len(bad["outputs"]) == 4  # stopped at the broken cell (the 4th), as Run All stops
     peaks = klass.peaks()
     assert all(p["kernel_mib"] and p["server_mib"] for p in peaks.values()), peaks  # each has its own
+    # ... and one copy of the weights for all: the file the hub wrote, mapped by every kernel
+    assert len(list(klass.weights.glob("*.safetensors"))) == 1, "the hub wrote no shared weights"
+    assert all(p["kernel_maps_shared_weights"] for p in peaks.values()), peaks
 
 
 def test_students_cannot_read_or_write_each_others_files(klass):

@@ -4,106 +4,58 @@
 
 For N = 1, 2, 4, 8 concurrent processes, each loads the shipped model, waits until all
 are loaded, then generates notebook 03's text (prompt "ROMEO.", 4W = 256 new tokens,
-temperature 0.8, top-k 50, seed 1). Two contenders, one after the other:
+temperature 0.8, top-k 50, seed 1). Three contenders, one after the other:
 
   ours           mistral_lab.generate inside threads.limited() -- the thread policy
-                 (one thread for a small model's decode) applied by the worker itself;
+                 (one thread for a small model's decode) applied by the worker itself --
+                 each process with its own copy of the weights (shared=False);
+  shared         the same, every process mapping one shared-weights file (what scripts/lab
+                 and the hub give a student's kernels: checkpoints/shared.py), written
+                 once by the parent before the workers start;
   transformers   MistralForCausalLM.generate on the same weights saved in Hugging Face's
                  layout, loaded and run at its defaults (torch's default threads, the
                  checkpoint's fp16), same sampling settings and number of new tokens.
 
 Reported per N: the aggregate rate (all new tokens / the span from the first start to
-the last finish), the slowest and the median process's time, and each process's peak
-RSS. The goal on a C-core machine: with 8 processes, aggregate >= 0.8 x (one process's
-one-thread rate x C), and no process slower than 3x the median.
+the last finish), the slowest and the median process's time, each process's peak RSS,
+and its memory once all have finished but are still alive (proc.memory_mib: resident,
+proportional -- shared pages divided among the processes that map them -- and its own).
+The goal on a C-core machine, for `shared`: with 8 processes, aggregate >= 0.8 x (one
+private process's one-thread rate x C), and no process slower than 1.5x the median.
 
 Also a thread sweep: one process at 1 and 2 threads, the machine idle and with one
 other busy process (a Python spin loop), through the Python API and the command line.
 
-Each worker is a fresh `python -m mistral_lab.bench.classroom` process (what a student's
-kernel is); it prints one JSON line, with the threads it used read back from torch.
-Nothing here needs the network: the Hugging Face copy is written to a temporary folder
-and read with local_files_only.
+Each worker is a fresh `python -m mistral_lab.bench.student` process (what a student's
+kernel is; student.py); it prints one JSON line, with the threads it used read back from
+torch, then its memory when asked. Nothing here needs the network: the Hugging Face copy is written
+to a temporary folder and read with local_files_only.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import queue
 import re
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import torch
 
 from .. import threads
-from ..checkpoints import load, load_tokenizer, save_hf
+from ..checkpoints import load, load_tokenizer, save_hf, share
 from ..data.assets import fingerprint
 from ..generate import generate
+from .student import ENGINES, PROMPT, SAMPLING
 
-PROMPT = "ROMEO."  # notebook 03
-SAMPLING = {"temperature": 0.8, "top_k": 50, "seed": 1}
 COUNTS = (1, 2, 4, 8)
 SPIN = "while True: pass"
-
-
-# --------------------------------------------------------------------------- worker
-
-
-def _cpu_seconds() -> float:
-    u = resource.getrusage(resource.RUSAGE_SELF)
-    return u.ru_utime + u.ru_stime
-
-
-def _worker(args) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    tok = load_tokenizer()
-    ids = tok.encode(PROMPT)
-    used = []  # torch's threads during the timed generation, as the generation saw them
-    if args.engine == "ours":
-        model = load()
-
-        def run():  # generate applies the thread policy itself (args.threads, when given, wins)
-            g = generate(model, ids, args.tokens, threads=args.threads, **SAMPLING)
-            used.append(g.stats.threads)
-            return len(g.new_tokens)
-
-        generate(model, ids, 8, threads=args.threads, **SAMPLING)  # warm-up outside the timing
-    else:
-        from transformers import MistralForCausalLM  # lazy: transformers is a test/bench-only dependency
-
-        hf = MistralForCausalLM.from_pretrained(args.hf_path, local_files_only=True).eval()
-        if args.threads:
-            torch.set_num_threads(threads.choose(args.threads).n)  # capped at the usable CPUs, as ours
-
-        @torch.inference_mode()
-        def run():
-            used.append(torch.get_num_threads())
-            torch.manual_seed(SAMPLING["seed"])
-            out = hf.generate(torch.tensor([ids]), max_new_tokens=args.tokens, min_new_tokens=args.tokens,
-                              do_sample=True, temperature=SAMPLING["temperature"], top_k=SAMPLING["top_k"],
-                              pad_token_id=tok.eos_id)
-            return out.shape[1] - len(ids)
-
-        with torch.inference_mode():
-            hf.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False, pad_token_id=tok.eos_id)
-    print("ready", flush=True)
-    if sys.stdin.readline().strip() != "go":  # the parent closed the pipe: nothing to do
-        return
-    cpu0 = _cpu_seconds()
-    start = time.time()
-    n = run()
-    end = time.time()
-    print(json.dumps({"engine": args.engine, "tokens": n, "start": start, "end": end, "seconds": end - start,
-                      "threads": used[-1],
-                      "cpu_s": round(_cpu_seconds() - cpu0, 3),
-                      "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}),
-          flush=True)
+FAIR = 1.5  # the goal: the slowest student within 1.5x the median
 
 
 # --------------------------------------------------------------------------- parent
@@ -116,44 +68,50 @@ def _env() -> dict:
     return env
 
 
-def run_group(n: int, engine: str, tokens: int, *, hf_path: str | None = None, threads: int | None = None,
-              limit_s: float = 180) -> dict:
-    """Start n workers, let them load, start them together, collect their results.
+def run_group(n: int, engine: str, tokens: int, *, hf_path: str | None = None, shared: str | None = None,
+              threads: int | None = None, limit_s: float = 180) -> dict:
+    """Start n workers, let them load, start them together, collect their results, then
+    (all still alive) their memory.
 
     A group still running `limit_s` after the start is stopped and reported as timed out,
     with an upper bound on its aggregate rate (n x tokens / limit_s): threads that
     collapse on a busy machine can take many minutes, and that is the finding."""
-    cmd = [sys.executable, "-m", "mistral_lab.bench.classroom", "worker", "--engine", engine, "--tokens", str(tokens)]
+    cmd = [sys.executable, "-m", "mistral_lab.bench.student", "--engine", engine, "--tokens", str(tokens)]
     if hf_path:
         cmd += ["--hf-path", hf_path]
+    if shared:
+        cmd += ["--shared", shared]
     if threads:
         cmd += ["--threads", str(threads)]
     procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=_env()) for _ in range(n)]
-    results, timed_out = [], False
+    lines = [_lines(p) for p in procs]
+    results, memory, timed_out = [], [], False
     try:
-        for p in procs:  # everyone loaded before anyone starts: the load is not what we measure
-            line = p.stdout.readline().strip()
+        for p, q in zip(procs, lines):  # everyone loaded before anyone starts: the load is not what we measure
+            line = _next(q, 300)
             if line != "ready":
-                raise RuntimeError(f"a classroom worker failed to start: {(line + ' ' + p.stderr.read()).strip()[-500:]}")
+                raise RuntimeError(f"a classroom worker failed to start: {(line or '')} {p.stderr.read()}".strip()[-500:])
         go = time.time()
         for p in procs:
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        for p in procs:
-            try:
-                out, err = p.communicate(timeout=max(0.1, go + limit_s - time.time()))
-            except subprocess.TimeoutExpired:
+            _say(p, "go")
+        for p, q in zip(procs, lines):
+            line = _next(q, max(0.1, go + limit_s - time.time()))
+            if line is None and p.poll() is None:
                 timed_out = True
                 break
-            if p.returncode != 0:
-                raise RuntimeError(f"a classroom worker failed: {err.strip()[-500:]}")
-            results.append(json.loads(out.strip().splitlines()[-1]))
+            if not line:
+                raise RuntimeError(f"a classroom worker failed: {p.stderr.read().strip()[-500:]}")
+            results.append(json.loads(line))
+        if not timed_out:
+            for p, q in zip(procs, lines):
+                _say(p, "memory")
+                memory.append(json.loads(_next(q, 60) or "null"))
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
-                p.wait()
+            p.wait()
     row = {"processes": n, "engine": engine, "tokens_each": tokens}
     if timed_out:
         return {**row, "timed_out": True, "limit_s": limit_s, "finished": len(results),
@@ -167,7 +125,35 @@ def run_group(n: int, engine: str, tokens: int, *, hf_path: str | None = None, t
             "slowest_over_median": round(secs[-1] / statistics.median(secs), 2),
             "seconds": [round(s, 3) for s in secs], "threads_per_process": sorted({r["threads"] for r in results}),
             "cpu_s_per_process_median": round(statistics.median(r["cpu_s"] for r in results), 3),
-            "peak_rss_mib_max": max(r["peak_rss_mib"] for r in results)}
+            "peak_rss_mib_max": max(r["peak_rss_mib"] for r in results),
+            **{f"{m}_mib_median": round(statistics.median(x[m] for x in memory), 1) for m in ("rss", "pss", "uss")}}
+
+
+def _lines(p: subprocess.Popen) -> "queue.Queue[str | None]":
+    """A worker's stdout, line by line, read in a thread (so a wait can time out); None at its end."""
+    q: "queue.Queue[str | None]" = queue.Queue()
+
+    def pump():
+        for line in p.stdout:
+            q.put(line.strip())
+        q.put(None)
+    threading.Thread(target=pump, daemon=True).start()
+    return q
+
+
+def _next(q: "queue.Queue[str | None]", timeout: float) -> str | None:
+    try:
+        return q.get(timeout=timeout)
+    except queue.Empty:
+        return None
+
+
+def _say(p: subprocess.Popen, word: str) -> None:
+    try:
+        p.stdin.write(word + "\n")
+        p.stdin.flush()
+    except (BrokenPipeError, OSError):
+        pass  # it has exited: its missing line says so
 
 
 def _with_spinner(busy: bool):
@@ -231,9 +217,12 @@ def classroom(tokens: int = 256, counts=COUNTS, sweep: bool = True, progress=pri
               "usable_cpus": cpus, "load_avg_before": [round(x, 2) for x in load_before], "groups": []}
     with tempfile.TemporaryDirectory() as tmp:
         save_hf(load(dtype=torch.float16), tmp)
-        for engine in ("ours", "transformers"):
+        weights = os.path.join(tmp, "shared-weights")
+        report["shared_weights_file_mib"] = round(share(None, weights).stat().st_size / 2**20, 1)
+        for engine in ENGINES:
             for n in counts:
-                g = run_group(n, engine, tokens, hf_path=tmp if engine == "transformers" else None)
+                g = run_group(n, engine, tokens, hf_path=tmp if engine == "transformers" else None,
+                              shared=weights if engine == "shared" else None)
                 report["groups"].append(g)
                 if g["timed_out"]:
                     progress(f"  {engine:12} N={n}: not done after {g['limit_s']:.0f} s ({g['finished']} of {n} "
@@ -241,16 +230,23 @@ def classroom(tokens: int = 256, counts=COUNTS, sweep: bool = True, progress=pri
                     continue
                 progress(f"  {engine:12} N={n}: {g['aggregate_tokens_per_s']:7.1f} tok/s aggregate, slowest "
                          f"{g['slowest_s']:.2f} s (median {g['median_s']:.2f} s), threads {g['threads_per_process']}, "
-                         f"peak RSS {g['peak_rss_mib_max']:.0f} MiB")
-    one = next(g for g in report["groups"] if g["engine"] == "ours" and g["processes"] == 1)
-    eight = next((g for g in report["groups"] if g["engine"] == "ours" and g["processes"] == 8), None)
+                         f"peak RSS {g['peak_rss_mib_max']:.0f} MiB; now RSS {g['rss_mib_median']:.0f}, "
+                         f"PSS {g['pss_mib_median']:.0f}, own {g['uss_mib_median']:.0f} MiB")
+
+    def group(engine, n):
+        return next((g for g in report["groups"] if g["engine"] == engine and g["processes"] == n), None)
+    one, eight, private8 = group("ours", 1), group("shared", 8), group("ours", 8)
     if eight is not None and not eight["timed_out"] and not one["timed_out"]:
-        hf8 = next(g for g in report["groups"] if g["engine"] == "transformers" and g["processes"] == 8)
+        hf8 = group("transformers", 8)
         target = 0.8 * one["aggregate_tokens_per_s"] * cpus
         report["goal"] = {
             "aggregate_8": eight["aggregate_tokens_per_s"], "target": round(target, 1),
             "aggregate_ok": eight["aggregate_tokens_per_s"] >= target,
-            "slowest_over_median_8": eight["slowest_over_median"], "fairness_ok": eight["slowest_over_median"] <= 3,
+            "slowest_over_median_8": eight["slowest_over_median"],
+            "fairness_ok": eight["slowest_over_median"] <= FAIR,
+            "private_aggregate_8": private8["aggregate_tokens_per_s"],
+            "pss_mib_8": {"shared": eight["pss_mib_median"], "private": private8["pss_mib_median"]},
+            "uss_mib_8": {"shared": eight["uss_mib_median"], "private": private8["uss_mib_median"]},
             # a timed-out group gives an upper bound on its rate, so the ratio is then a lower bound
             "ours_over_transformers_8": round(eight["aggregate_tokens_per_s"] / (hf8["aggregate_tokens_per_s"]
                                                                                 or hf8["aggregate_tokens_per_s_at_most"]), 2),
@@ -280,18 +276,9 @@ def measure(tokens: int = 256) -> dict:
     report = classroom(tokens=tokens)
     if "goal" in report:
         g = report["goal"]
-        print(f"  goal: 8 processes {g['aggregate_8']} tok/s vs target {g['target']} "
+        print(f"  goal: 8 processes sharing the weights {g['aggregate_8']} tok/s vs target {g['target']} "
               f"({'ok' if g['aggregate_ok'] else 'MISSED'}); slowest/median {g['slowest_over_median_8']} "
               f"({'ok' if g['fairness_ok'] else 'MISSED'}); "
-              f"{'>= ' if g['ours_over_transformers_8_is_lower_bound'] else ''}{g['ours_over_transformers_8']}x transformers")
+              f"{'>= ' if g['ours_over_transformers_8_is_lower_bound'] else ''}{g['ours_over_transformers_8']}x transformers; "
+              f"PSS per process {g['pss_mib_8']['shared']} MiB shared vs {g['pss_mib_8']['private']} private")
     return report
-
-
-if __name__ == "__main__":
-    p = argparse.ArgumentParser(prog="python -m mistral_lab.bench.classroom")
-    p.add_argument("role", choices=["worker"])
-    p.add_argument("--engine", choices=["ours", "transformers"], required=True)
-    p.add_argument("--tokens", type=int, default=256)
-    p.add_argument("--hf-path", default=None)
-    p.add_argument("--threads", type=int, default=None)
-    _worker(p.parse_args())

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from . import classroom
 from .kernel_ws import run_cells
+from .proc import maps, memory_mib, peak_mib, processes
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "jupyter" / "jupyterhub_config.py"
@@ -104,29 +105,6 @@ def _free_ports(n: int = 3) -> int:
     raise RuntimeError("no block of three free ports on loopback")
 
 
-def processes(uids: set[int] | None = None, text: str | None = None) -> dict[int, str]:
-    """pid -> command line of the processes owned by `uids`, or whose command line holds `text`."""
-    out = {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) == os.getpid():
-            continue
-        try:
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            if (uids is not None and d.stat().st_uid in uids) or (text is not None and text in cmd):
-                out[int(d.name)] = cmd
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-    return out
-
-
-def peak_mib(pid: int) -> float:
-    """The peak resident memory of a live process (VmHWM), in MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return float("nan")
-
-
 def notebook_cells(path: Path, broken: str | None = None, at: int = 3) -> list[str]:
     """The code cells of a notebook in order, without the exercise checks (they wait for a
     student's answer); `broken` is inserted as cell `at` (a student's deliberate mistake)."""
@@ -154,6 +132,7 @@ class Class:
         self.created: list[str] = []
         self.hub = None
         self.log = self.work / "state" / "hub.log"
+        self.weights = self.work / "weights"  # the class's one copy of the weights (the hub writes it)
 
     # -- the hub's REST API
     def api(self, method: str, path: str, body=None):
@@ -184,7 +163,8 @@ class Class:
             self.created.append(u)
         env = {**os.environ, "MISTRAL_LAB_HUB_PORT": str(self.port), "MISTRAL_LAB_HUB_STATE": str(state),
                "MISTRAL_LAB_HUB_USERS": ",".join(self.users), "MISTRAL_LAB_HUB_API_TOKEN": self.token,
-               "MISTRAL_LAB_HUB_PYTHON": str(python), "HF_HUB_OFFLINE": "1"}
+               "MISTRAL_LAB_HUB_PYTHON": str(python), "MISTRAL_LAB_HUB_WEIGHTS": str(self.weights),
+               "HF_HUB_OFFLINE": "1"}
         with open(self.log, "wb") as log:
             self.hub = subprocess.Popen([str(hub_command()), "-f", str(CONFIG)], cwd=state, env=env, stdout=log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
@@ -259,13 +239,18 @@ class Class:
         return await run_cells(f"{self.base}/user/{user}", self.token, cells, user=user)
 
     def peaks(self) -> dict[str, dict]:
-        """Each user's single-user server and kernel: peak resident memory so far (MiB)."""
+        """Each user's single-user server and kernel: peak resident memory so far (MiB), the
+        kernel's memory now (resident, proportional, its own: proc.memory_mib) and
+        whether it maps the class's shared weights."""
         out = {}
         for u in self.users:
             mine = processes({pwd.getpwnam(u).pw_uid})
+            kernels = [p for p, c in mine.items() if "ipykernel" in c]
             out[u] = {"server_mib": max((peak_mib(p) for p, c in mine.items() if "jupyterhub.singleuser" in c),
                                         default=None),
-                      "kernel_mib": max((peak_mib(p) for p, c in mine.items() if "ipykernel" in c), default=None)}
+                      "kernel_mib": max((peak_mib(p) for p in kernels), default=None),
+                      "kernel_now": memory_mib(kernels[0]) if kernels else None,
+                      "kernel_maps_shared_weights": bool(kernels) and all(maps(p, self.weights) for p in kernels)}
         return out
 
 
@@ -290,10 +275,16 @@ def run_class(n: int, progress=print) -> dict:
            "peak_server_mib_max": max(p["server_mib"] for p in peaks.values()),
            "peak_kernel_mib_max": max(p["kernel_mib"] for p in peaks.values()),
            "peak_kernel_mib_median": statistics.median(p["kernel_mib"] for p in peaks.values()),
+           # after the run, all kernels alive: what each holds of its own, and its share of what they share
+           **{f"kernel_{m}_mib_median": round(statistics.median(p["kernel_now"][m] for p in peaks.values()), 1)
+              for m in ("rss", "pss", "uss")},
+           "kernels_mapping_shared_weights": sum(p["kernel_maps_shared_weights"] for p in peaks.values()),
            "processes_left": len(left)}
     progress(f"  {n} users: notebook 03 median {row['notebook_03_s']['median']} s, slowest "
              f"{row['notebook_03_s']['slowest']} s; {row['aggregate_tokens_per_s']} tok/s in aggregate; "
-             f"kernel peak {row['peak_kernel_mib_max']} MiB, server {row['peak_server_mib_max']} MiB")
+             f"kernel peak {row['peak_kernel_mib_max']} MiB (now: PSS {row['kernel_pss_mib_median']}, own "
+             f"{row['kernel_uss_mib_median']} MiB), server {row['peak_server_mib_max']} MiB; "
+             f"{row['kernels_mapping_shared_weights']} of {n} kernels map the shared weights")
     return row
 
 
