@@ -21,7 +21,7 @@ def processes(uids: set[int] | None = None, text: str | None = None) -> dict[int
     return out
 
 
-def peak_mib(pid: int) -> float:
+def peak_mib(pid="self") -> float:
     """The peak resident memory of a live process (VmHWM), in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):

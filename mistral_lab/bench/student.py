@@ -19,7 +19,7 @@ import torch
 from .. import threads
 from ..checkpoints import load, load_tokenizer
 from ..generate import generate
-from .proc import memory_mib
+from .proc import memory_mib, peak_mib
 
 PROMPT = "ROMEO."  # notebook 03
 SAMPLING = {"temperature": 0.8, "top_k": 50, "seed": 1}
@@ -73,7 +73,9 @@ def _worker(args) -> None:
     print(json.dumps({"engine": args.engine, "tokens": n, "start": start, "end": end, "seconds": end - start,
                       "threads": used[-1],
                       "cpu_s": round(_cpu_seconds() - cpu0, 3),
-                      "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}),
+                      # VmHWM, not getrusage's ru_maxrss: that survives exec, so a worker would
+                      # report the larger parent's peak (the benchmark's own, ~450 MiB) as its own
+                      "peak_rss_mib": peak_mib("self")}),
           flush=True)
     if sys.stdin.readline().strip() == "memory":  # asked once every worker has finished
         print(json.dumps(memory_mib()), flush=True)
