@@ -124,9 +124,22 @@ def test_a_retrained_checkpoint_gets_a_new_file_and_a_damaged_one_is_rewritten(t
     torch.manual_seed(1)
     retrained = Transformer(preset("tiny"))
     save(retrained, ckpt)
+    killed, writing = folder / f".{old.name}.k1.tmp", folder / f".{old.name}.w2.tmp"  # a killed writer's, a live one's
+    for part in (killed, writing):
+        part.write_bytes(b"part")
+    os.utime(killed, (1e9, 1e9))
     second = load(ckpt, shared=folder)
+    assert not killed.exists() and writing.exists()
+    writing.unlink()
     (new,) = folder.iterdir()
     assert new != old and torch.equal(second.output.weight, retrained.output.weight.float())
+    gone = tmp_path / "deleted_run"  # a checkpoint whose folder is removed: its file goes at the next write
+    save(retrained, gone)
+    load(gone, shared=folder)
+    assert len(list(folder.iterdir())) == 2
+    for f in gone.iterdir():
+        f.unlink()
+    gone.rmdir()
     assert not torch.equal(first.output.weight, second.output.weight)
     for damage in (lambda f: f.write_bytes(f.read_bytes()[: f.stat().st_size // 2]),  # cut short
                    lambda f: f.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}" + b" " * 64)):  # not ours
@@ -134,6 +147,7 @@ def test_a_retrained_checkpoint_gets_a_new_file_and_a_damaged_one_is_rewritten(t
         again = load(ckpt, shared=folder)
         assert torch.equal(again.output.weight, retrained.output.weight.float())
         assert sha256(new) == sha256(share(ckpt, tmp_path / "check"))  # rewritten whole
+        assert list(folder.iterdir()) == [new]  # and the deleted run's file removed with that write
 
 
 def test_a_folder_that_cannot_hold_the_file(tmp_path, monkeypatch):

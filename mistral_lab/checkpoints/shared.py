@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -67,19 +68,47 @@ def shared_file(where: Path, folder: Path, sources: list[Path]) -> Path:
 
 def write(file: Path, state: dict[str, torch.Tensor], n_layers: int, source: str, mode: int = 0o644) -> None:
     """The model's state and the fast step's packed matrices, atomically, readable as the
-    checkpoint is (`mode`: its weights' permissions), whatever the writer's umask; older
-    files of the same checkpoint are removed after (a process that maps one keeps its pages)."""
+    checkpoint is (`mode`: its weights' permissions), whatever the writer's umask. Then the
+    files it makes stale are removed: older ones of the same checkpoint, and those of
+    checkpoints whose folder is gone (a process that maps one keeps its pages)."""
     tensors = {**state, **{PACKED + k: v for k, v in packed_fp32(state, n_layers).items()}}
     files.atomic_write(file, lambda f: write_safetensors(f, tensors, {"mistral_lab_shared": FORMAT,
                                                                       "source": source}))
     os.chmod(file, mode & 0o644)
     prefix = file.name.split("-")[0] + "-"
-    for old in file.parent.glob(prefix + "*.safetensors"):
-        if old != file:
-            try:
-                old.unlink()
-            except OSError:
-                pass  # another user's file in a shared folder: theirs to remove
+    for old in file.parent.glob("*.safetensors"):
+        if old != file and (old.name.startswith(prefix) or not _source_exists(old)):
+            _remove(old)
+    for part in file.parent.glob(".*.safetensors.*.tmp"):  # a writer killed mid-write (another's is younger)
+        if time.time() - _mtime(part) > 3600:
+            _remove(part)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return time.time()
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass  # another user's file in a shared folder: theirs to remove
+
+
+def _source_exists(file: Path) -> bool:
+    """Whether the checkpoint folder a shared-weights file was made from still exists
+    (True when the file cannot be read as one: not ours to judge)."""
+    try:
+        with open(file, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            meta = json.loads(f.read(n))["__metadata__"] if 0 < n < 100 << 20 else None
+        folder = json.loads(meta["source"])[1] if meta and meta.get("mistral_lab_shared") else None
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return True
+    return folder is None or Path(folder).is_dir()
 
 
 def mapped(file: Path, expected: dict[str, tuple], source: str) -> dict[str, torch.Tensor] | None:
