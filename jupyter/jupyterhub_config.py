@@ -116,6 +116,7 @@ WEIGHTS = Path(os.environ.get("MISTRAL_LAB_HUB_WEIGHTS", REPO / ".shared-weights
 shared = subprocess.run([PYTHON, "-m", "mistral_lab", "share-weights", "--dir", str(WEIGHTS)],
                         cwd=REPO, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 print("[mistral_lab] " + (shared.stdout.strip() if shared.returncode == 0 else  # the hub's log says which
-                          f"no shared weights, each kernel loads its own copy: {shared.stderr.strip()[-300:]}"),
+                          "no shared weights, each kernel loads its own copy: "
+                          + (shared.stderr.strip().splitlines() or ["share-weights said nothing"])[-1]),
       flush=True)
 c.Spawner.environment["MISTRAL_LAB_SHARED_WEIGHTS"] = str(WEIGHTS)

@@ -46,8 +46,10 @@ def _folder(path: Path) -> Path:
     return folder
 
 
-def atomic_write(path, write: Callable[[object], None], *, binary: bool = True) -> Path:
-    """Call write(f) on a temporary file beside `path`, then rename it over `path`."""
+def atomic_write(path, write: Callable[[object], None], *, binary: bool = True, mode: int | None = None) -> Path:
+    """Call write(f) on a temporary file beside `path`, then rename it over `path`. Its
+    permissions: `mode` when given, else what the umask gives a new file; set before the
+    rename, so the file never appears with others."""
     path = Path(path)
     folder = _folder(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
@@ -56,7 +58,7 @@ def atomic_write(path, write: Callable[[object], None], *, binary: bool = True) 
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~_umask() if mode is None else mode)
         os.replace(tmp, path)
     except BaseException as e:
         try:

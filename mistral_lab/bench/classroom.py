@@ -106,7 +106,10 @@ def run_group(n: int, engine: str, tokens: int, *, hf_path: str | None = None, s
         if not timed_out:
             for p, q in zip(procs, lines):
                 _say(p, "memory")
-                memory.append(json.loads(_next(q, 60) or "null"))
+                line = _next(q, 60)
+                if not line:
+                    raise RuntimeError(f"a classroom worker did not report its memory: {p.stderr.read().strip()[-500:]}")
+                memory.append(json.loads(line))
     finally:
         for p in procs:
             if p.poll() is None:

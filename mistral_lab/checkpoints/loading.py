@@ -57,6 +57,8 @@ def load(path=None, *, dtype: torch.dtype | None = None, device="cpu", backend: 
                         f"got {shared!r}")
     folder, name = locate(path)
     layout = BY_NAME[name]
+    sources = [folder / layout.config_file, *layout.weight_files(folder)]
+    source = shared_weights.identity(folder, sources)  # before any file is read: see shared.py
     config_file, args, tied, config = read_config(folder, name, with_dict=True)
     if untrained_window is not TRAINED_WINDOW and untrained_window != args.sliding_window:
         running_args = args.replace(sliding_window=untrained_window)  # validated before the warning
@@ -96,20 +98,20 @@ def load(path=None, *, dtype: torch.dtype | None = None, device="cpu", backend: 
         return state
 
     where = None
-    if device.type == "cpu" and dtype == torch.float32 and shared is not False:
+    if device.type == "cpu" and dtype == torch.float32 and shared is not False and source is not None:
         where = Path(shared).expanduser() if shared is not None else shared_weights.folder_from_env(
             4 * sum(math.prod(shape) for shape in expected.values()))
     if where is None:
-        state, packed = read(), None
+        state, packed, unchanged = read(), None, None
     else:  # one file every process maps (shared.py)
-        state, packed = shared_weights.load_state(where, folder, [config_file, *weight_files], expected,
-                                                  args.n_layers, read, strict=shared is not None)
+        state, packed, unchanged = shared_weights.load_state(where, folder, source, sources, expected, args.n_layers,
+                                                             read, strict=shared is not None)
     with torch.device("meta"):  # shapes only: the real tensors are assigned below
         model = Transformer(args, backend=backend)
     model.load_state_dict(state, assign=True)
     model.requires_grad_(False)
     if packed is not None:
-        adopt(model, packed)
+        adopt(model, packed, unchanged)
     return model.eval()
 
 
@@ -119,8 +121,8 @@ def share(path, where) -> Path:
     folder, name = locate(path)
     layout = BY_NAME[name]
     load(path, shared=where)  # named folder: a problem is an error here, not a warning
-    return shared_weights.shared_file(Path(where).expanduser(), folder,
-                                      [folder / layout.config_file, *layout.weight_files(folder)])
+    source = shared_weights.identity(folder, [folder / layout.config_file, *layout.weight_files(folder)])
+    return shared_weights.shared_file(Path(where).expanduser(), folder, source)
 
 
 def _expected(args: ModelArgs) -> dict[str, tuple]:

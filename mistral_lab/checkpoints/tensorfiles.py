@@ -66,9 +66,10 @@ def _load_pth(file: Path) -> dict:
 
 # ---------------------------------------------------------------- writing tensors
 
-def write_safetensors(f, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+def write_safetensors(f, tensors: dict[str, torch.Tensor], metadata: dict[str, str], align: int = 8) -> None:
     """Stream the safetensors format to an open binary file, one tensor at a time: no
-    second copy of the model in memory (safetensors.torch.save builds one whole bytes)."""
+    second copy of the model in memory (safetensors.torch.save builds one whole bytes).
+    The data starts `align`-byte aligned (the header padded with spaces, as the format allows)."""
     header, offset = {"__metadata__": metadata}, 0
     for name in sorted(tensors):
         t = tensors[name]
@@ -76,7 +77,7 @@ def write_safetensors(f, tensors: dict[str, torch.Tensor], metadata: dict[str, s
         header[name] = {"dtype": _ST_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
         offset += n
     raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    raw += b" " * (-(8 + len(raw)) % align)  # where the data starts in the file: 8-byte aligned, as safetensors writes it
     f.write(len(raw).to_bytes(8, "little") + raw)
     for name in sorted(tensors):
         t = tensors[name].detach().to("cpu").contiguous()

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import torch
@@ -180,11 +180,13 @@ def _stamp(model) -> tuple:
     return tuple((p.data_ptr(), p._version) for p in model.parameters())
 
 
-def adopt(model, packed: Mapping[str, torch.Tensor]) -> None:
+def adopt(model, packed: Mapping[str, torch.Tensor], unchanged: Callable[[object], bool]) -> None:
     """Give `model` fp32 packed matrices made elsewhere (a shared-weights file maps them):
-    its fp32 step uses them as long as the model's weights are the ones they came from,
-    and packs its own once a weight is replaced or edited."""
-    _ADOPTED[model] = (_stamp(model), packed)
+    its fp32 step uses them as long as the model's weights are the ones they came from --
+    the same tensors, not written (their version counters), and unchanged(model) when the
+    step is built (an edit through .data leaves no version behind) -- and packs its own
+    once a weight is replaced or edited."""
+    _ADOPTED[model] = (_stamp(model), packed, unchanged)
 
 
 def decode_step(model, weights: str = "fp32") -> DecodeStep:
@@ -192,8 +194,8 @@ def decode_step(model, weights: str = "fp32") -> DecodeStep:
     stamp = _stamp(model)
     held = _STEPS.get(model, {})
     if weights not in held or held[weights][0] != stamp:
-        adopted = _ADOPTED.get(model)
-        packed = adopted[1] if weights == "fp32" and adopted is not None and adopted[0] == stamp else None
+        adopted = _ADOPTED.pop(model, None) if weights == "fp32" else None  # checked once, then packed here
+        packed = adopted[1] if adopted is not None and adopted[0] == stamp and adopted[2](model) else None
         held[weights] = (stamp, DecodeStep(model, weights, packed))
         _STEPS[model] = held
     return held[weights][1]
