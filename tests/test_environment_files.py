@@ -132,3 +132,15 @@ def test_lab_settings_save_the_widget_state_everywhere_the_lab_is_set_up(tmp_pat
     installed = REPO / ".venv" / "share/jupyter/lab/settings/overrides.json"
     if installed.exists():  # scripts/test ran scripts/setup before this
         assert installed.read_bytes() == (REPO / "jupyter/overrides.json").read_bytes()
+
+
+def test_binder_start_shares_the_weights_and_runs_its_command(tmp_path):
+    """repo2docker runs `start CMD...`: it sets what scripts/lab sets, then becomes CMD."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MISTRAL_LAB_SHARED_WEIGHTS", "XDG_CACHE_HOME")}
+    out = subprocess.run([str(REPO / "start"), "sh", "-c", 'echo "$MISTRAL_LAB_SHARED_WEIGHTS $HF_HUB_OFFLINE"'],
+                         capture_output=True, text=True, check=True, env={**env, "HOME": str(tmp_path)}).stdout
+    assert out.split() == [f"{tmp_path}/.cache/mistral_lab/shared-weights", "1"]
+    assert "mistral_lab/shared-weights" in (REPO / "scripts" / "lab").read_text()
