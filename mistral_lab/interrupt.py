@@ -8,13 +8,20 @@ gives Ctrl-C back to Python before the work, so a stopped training run still sav
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
 
 def _interrupted(signum, frame):
-    print("interrupted", file=sys.stderr)
-    raise SystemExit(130)
+    """Exit at once, not by raising: the signal can land inside a C extension's
+    initialization (numpy's, while torch imports it), which turns the exception into an
+    ImportError that torch survives, and the next import of numpy then fails with a
+    traceback. Nothing is lost: importing writes no file of the user's (CPython writes its
+    .pyc caches atomically)."""
+    sys.stderr.write("interrupted\n")
+    sys.stderr.flush()
+    os._exit(130)
 
 
 def quiet_while_importing() -> None:
