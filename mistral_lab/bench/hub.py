@@ -295,12 +295,8 @@ def measure(counts=COUNTS) -> dict:
     by = {r["users"]: r for r in rows}
     goal = {}
     if 1 in by and 8 in by:  # the classroom goal (classroom.py), for the students' kernels on the hub
-        cpus = threads.usable_cpus()
-        target = 0.8 * by[1]["aggregate_tokens_per_s"] * cpus
-        goal = {"aggregate_8": by[8]["aggregate_tokens_per_s"], "target": round(target, 1),
-                "aggregate_ok": by[8]["aggregate_tokens_per_s"] >= target,
-                "slowest_over_median_8": by[8]["slowest_over_median"],
-                "fairness_ok": by[8]["slowest_over_median"] <= classroom.FAIR}
+        goal = classroom.goal(by[1]["aggregate_tokens_per_s"], by[8]["aggregate_tokens_per_s"],
+                              by[8]["slowest_over_median"], threads.usable_cpus())
         print(f"  goal: 8 users {goal['aggregate_8']} tok/s vs target {goal['target']} "
               f"({'ok' if goal['aggregate_ok'] else 'MISSED'}); slowest/median {goal['slowest_over_median_8']} "
               f"({'ok' if goal['fairness_ok'] else 'MISSED'})")

@@ -57,8 +57,9 @@ def load(path=None, *, dtype: torch.dtype | None = None, device="cpu", backend: 
                         f"got {shared!r}")
     folder, name = locate(path)
     layout = BY_NAME[name]
-    sources = [folder / layout.config_file, *layout.weight_files(folder)]
-    source = shared_weights.identity(folder, sources)  # before any file is read: see shared.py
+    sources = _sources(folder, layout)
+    may_share = shared is not False and (shared is not None or shared_weights.folder_from_env() is not None)
+    source = shared_weights.identity(folder, sources) if may_share else None  # before any file is read: shared.py
     config_file, args, tied, config = read_config(folder, name, with_dict=True)
     if untrained_window is not TRAINED_WINDOW and untrained_window != args.sliding_window:
         running_args = args.replace(sliding_window=untrained_window)  # validated before the warning
@@ -98,7 +99,7 @@ def load(path=None, *, dtype: torch.dtype | None = None, device="cpu", backend: 
         return state
 
     where = None
-    if device.type == "cpu" and dtype == torch.float32 and shared is not False and source is not None:
+    if device.type == "cpu" and dtype == torch.float32 and source is not None:
         where = Path(shared).expanduser() if shared is not None else shared_weights.folder_from_env(
             4 * sum(math.prod(shape) for shape in expected.values()))
     if where is None:
@@ -119,10 +120,14 @@ def share(path, where) -> Path:
     """Write the shared-weights file of the checkpoint at `path` into the folder `where`
     (or find it there, current); its path. `python -m mistral_lab share-weights` runs this."""
     folder, name = locate(path)
-    layout = BY_NAME[name]
     load(path, shared=where)  # named folder: a problem is an error here, not a warning
-    source = shared_weights.identity(folder, [folder / layout.config_file, *layout.weight_files(folder)])
+    source = shared_weights.identity(folder, _sources(folder, BY_NAME[name]))
     return shared_weights.shared_file(Path(where).expanduser(), folder, source)
+
+
+def _sources(folder: Path, layout: Layout) -> list[Path]:
+    """The files that make the checkpoint: its config, then its weights."""
+    return [folder / layout.config_file, *layout.weight_files(folder)]
 
 
 def _expected(args: ModelArgs) -> dict[str, tuple]:

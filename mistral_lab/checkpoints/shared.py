@@ -63,7 +63,7 @@ CODE = ("engines/fast.py", "checkpoints/layouts.py", "checkpoints/loading.py", "
         "checkpoints/tensorfiles.py", "model.py")
 
 
-def folder_from_env(fp32_bytes: int) -> Path | None:
+def folder_from_env(fp32_bytes: int = 0) -> Path | None:
     """The shared-weights folder MISTRAL_LAB_SHARED_WEIGHTS names, for a model of this size."""
     value = os.environ.get(ENV, "").strip()
     if not value or value.lower() in ("0", "off", "no") or fp32_bytes > AUTO_MAX_BYTES:
@@ -131,12 +131,20 @@ def _source_exists(file: Path) -> bool:
     (True when the file cannot be read as one: not ours to judge)."""
     try:
         with open(file, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            meta = json.loads(f.read(n))["__metadata__"] if 0 < n < 100 << 20 else None
-        folder = json.loads(meta["source"])["folder"] if meta and meta.get("mistral_lab_shared") else None
+            meta = _header(f)[1]["__metadata__"]
+        folder = json.loads(meta["source"])["folder"] if meta.get("mistral_lab_shared") else None
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         return True
     return folder is None or Path(folder).is_dir()
+
+
+def _header(f) -> tuple[int, dict]:
+    """(its length, the header) of the safetensors file open in `f`; ValueError if it has none."""
+    n = int.from_bytes(f.read(8), "little")
+    header = json.loads(f.read(n)) if 0 < n < 100 << 20 else None
+    if not isinstance(header, dict):
+        raise ValueError("not a safetensors header")
+    return n, header
 
 
 def mapped(file: Path, expected: dict[str, tuple], source: str) -> dict[str, torch.Tensor] | None:
@@ -148,9 +156,8 @@ def mapped(file: Path, expected: dict[str, tuple], source: str) -> dict[str, tor
             st = os.fstat(f.fileno())
             if not trusted(st):
                 return None
-            n = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(n)) if 0 < n < 100 << 20 else None
-            if not isinstance(header, dict) or (header.get("__metadata__") or {}).get("source") != source:
+            n, header = _header(f)
+            if (header.get("__metadata__") or {}).get("source") != source:
                 return None
             entries = {k: v for k, v in header.items() if k != "__metadata__"}
             spans = {k: (8 + n + v["data_offsets"][0], 8 + n + v["data_offsets"][1]) for k, v in entries.items()}
